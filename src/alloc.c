@@ -1,0 +1,114 @@
+/* alloc.c: allocation entry points of API section 1 (malloc, calloc,
+ * realloc, reallocarray) and the slow paths behind the inline fast path:
+ * first use by a thread, medium sizes, and large blocks (unit runs of an
+ * arena, or a region of their own when huge).
+ */
+#include <string.h>
+
+#include "fastpath.h"
+
+/* Large blocks: a run of whole units, aligned to `align` if that is more
+ * than a unit; above BMM_LARGE_MAX, a huge region. */
+void *bmm__large_alloc(size_t size, size_t align) {
+  if (bmm_unlikely(size > PTRDIFF_MAX)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) return bmm__huge_alloc(size, align);
+  size_t units = (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
+  size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
+  bmm_heap_t *heap = bmm__heap_tls;
+  uint32_t hint = heap->arena_hint;
+  bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units);
+  if (page == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (heap != &bmm__heap_empty) heap->arena_hint = hint;
+  page->block_size = units << BMM_UNIT_SHIFT;
+  page->reserved = page->used = 1;
+  atomic_store_explicit(&page->kind, BMM_PAGE_LARGE, memory_order_relaxed);
+  return page->start;
+}
+
+bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
+  if (bmm_unlikely(heap == &bmm__heap_empty)) {
+    heap = bmm__heap_init_thread();
+    if (heap == NULL) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  if (size > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
+  if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
+    bmm__heap_process_delayed(heap);
+  size_t cls = bmm__class_of(size);
+  bmm_page_t *page = heap->queues[cls].first;
+  if (page == NULL || page->free == NULL) {
+    page = bmm__heap_find_page(heap, cls);
+    if (bmm_unlikely(page == NULL)) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  bmm_assert_expensive(bmm__page_is_valid(page));
+  bmm_block_t *block = page->free;
+  page->free = block->next;
+  page->used++;
+  if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+  return block;
+}
+
+BMM_API void *bmm_malloc(size_t size) {
+  return bmm__malloc_fast(size);
+}
+
+static bool mul_overflows(size_t a, size_t b, size_t *out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+
+BMM_API void *bmm_calloc(size_t count, size_t size) {
+  size_t total;
+  if (bmm_unlikely(mul_overflows(count, size, &total))) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *p = bmm__malloc_fast(total);
+  if (bmm_unlikely(p == NULL)) return NULL;
+  bmm_page_t *page = bmm__page_of(p);
+  /* A huge block is a fresh mapping: the kernel already zeroed it. */
+  if (atomic_load_explicit(&page->kind, memory_order_relaxed) != BMM_PAGE_HUGE)
+    memset(p, 0, total);
+  return p;
+}
+
+BMM_API void *bmm_realloc(void *p, size_t size) {
+  if (p == NULL) return bmm__malloc_fast(size);
+  if (size == 0) {
+    /* As glibc does: free the block and return NULL. */
+    bmm__free_fast(p, "realloc");
+    return NULL;
+  }
+  size_t usable = bmm__usable_size_checked(p, "realloc");
+  if (bmm_unlikely(usable == 0)) { /* already reported as misuse */
+    errno = EINVAL;
+    return NULL;
+  }
+  /* Keep the block when the new size fits and does not waste more than
+   * half of it. */
+  if (size <= usable && size >= usable / 2) return p;
+  void *q = bmm__malloc_fast(size);
+  if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
+  memcpy(q, p, size < usable ? size : usable);
+  bmm__free_fast(p, "realloc");
+  return q;
+}
+
+BMM_API void *bmm_reallocarray(void *p, size_t count, size_t size) {
+  size_t total;
+  if (bmm_unlikely(mul_overflows(count, size, &total))) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return bmm_realloc(p, total);
+}

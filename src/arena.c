@@ -1,0 +1,317 @@
+/* arena.c: owns the address space. An arena is a 256 MiB region, aligned to
+ * its size, reserved from the OS and handed out in runs of 64 KiB units;
+ * a huge block is a region of its own with the same header layout. The
+ * region map says which regions are ours, so any pointer is classified with
+ * one byte load before any of its metadata is read.
+ *
+ * Concurrency: no locks. A unit run is claimed by setting its bits in
+ * arena->used with compare-and-swap, word by word, rolling back on
+ * conflict; the claimer then owns the run's descriptors until it clears the
+ * bits again (release order, so the next claimer sees the reset
+ * descriptors). Arenas are published by storing them in the table with
+ * release order after their header is written, and never unmapped while the
+ * process lives (their units are decommitted instead).
+ */
+#include <string.h>
+
+#include "internal.h"
+
+_Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
+
+/* 4096 arenas of 256 MiB: 1 TiB of small, medium and large blocks. */
+#define BMM_MAX_ARENAS 4096
+static _Atomic(bmm_arena_t *) arena_table[BMM_MAX_ARENAS];
+static atomic_size_t arena_count;
+
+_Static_assert(sizeof(bmm_page_t) == 128, "page descriptors are 128 bytes");
+_Static_assert(BMM_ARENA_HEADER_UNITS < BMM_ARENA_UNITS / 64,
+               "the arena header must stay a small fraction of the arena");
+
+static void region_map_set(const void *region, uint8_t kind) {
+  atomic_store_explicit(&bmm__region_map[(uintptr_t)region >> BMM_REGION_SHIFT], kind,
+                        memory_order_release);
+}
+
+/* ---- Bitmaps of units ----------------------------------------------- */
+
+static inline uint64_t bits_mask(size_t bit, size_t count) {
+  return count >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1) << bit;
+}
+
+/* Clear `count` bits from `first` (they must all be set). */
+static void bits_clear(_Atomic(uint64_t) *words, size_t first, size_t count) {
+  while (count > 0) {
+    size_t bit = first & 63, n = 64 - bit < count ? 64 - bit : count;
+    atomic_fetch_and_explicit(&words[first >> 6], ~bits_mask(bit, n), memory_order_release);
+    first += n;
+    count -= n;
+  }
+}
+
+static void bits_set(_Atomic(uint64_t) *words, size_t first, size_t count) {
+  while (count > 0) {
+    size_t bit = first & 63, n = 64 - bit < count ? 64 - bit : count;
+    atomic_fetch_or_explicit(&words[first >> 6], bits_mask(bit, n), memory_order_relaxed);
+    first += n;
+    count -= n;
+  }
+}
+
+/* Set `count` clear bits from `first`, all or none. */
+static bool bits_try_claim(_Atomic(uint64_t) *words, size_t first, size_t count) {
+  size_t done = 0;
+  while (done < count) {
+    size_t i = first + done, bit = i & 63;
+    size_t n = 64 - bit < count - done ? 64 - bit : count - done;
+    uint64_t mask = bits_mask(bit, n);
+    uint64_t old = atomic_load_explicit(&words[i >> 6], memory_order_relaxed);
+    for (;;) {
+      if (old & mask) {
+        if (done) bits_clear(words, first, done);
+        return false;
+      }
+      /* acquire: the previous owner's release of these units happens
+       * before we reuse their descriptors and memory. */
+      if (atomic_compare_exchange_weak_explicit(&words[i >> 6], &old, old | mask,
+                                                memory_order_acquire, memory_order_relaxed))
+        break;
+    }
+    done += n;
+  }
+  return true;
+}
+
+/* Length of the run of set bits at the bottom of v (64 if all set). */
+static inline size_t ones_at_bottom(uint64_t v) {
+  return ~v == 0 ? 64 : (size_t)__builtin_ctzll(~v);
+}
+
+/* Find `count` clear bits starting at a multiple of `align`, first from
+ * word `start_word` to the end, then from the start. Returns the first bit
+ * or SIZE_MAX. Reads are relaxed: the claim re-checks with a CAS. */
+static size_t bits_find_run(_Atomic(uint64_t) *words, size_t nwords, size_t start_word,
+                            size_t count, size_t align) {
+  size_t nbits = nwords * 64;
+  for (size_t i = start_word * 64, pass = 0; pass < 2; i = 0, pass++) {
+    i = (i + align - 1) & ~(align - 1);
+    while (i + count <= nbits) {
+      /* Walk the clear bits from i; stop at the first set bit j. */
+      size_t j = i;
+      while (j < i + count) {
+        size_t shift = j & 63;
+        uint64_t v = atomic_load_explicit(&words[j >> 6], memory_order_relaxed) >> shift;
+        size_t avail = 64 - shift;
+        size_t zeros = v == 0 ? avail : (size_t)__builtin_ctzll(v);
+        j += zeros < avail ? zeros : avail;
+        if (zeros < avail) break;
+      }
+      if (j >= i + count) return i;
+      /* Skip the set bits from j. */
+      while (j < nbits) {
+        size_t shift = j & 63;
+        uint64_t v = atomic_load_explicit(&words[j >> 6], memory_order_relaxed) >> shift;
+        size_t avail = 64 - shift;
+        size_t ones = ones_at_bottom(v); /* the shifted-in top bits are 0 */
+        j += ones < avail ? ones : avail;
+        if (ones < avail) break;
+      }
+      i = (j + align - 1) & ~(align - 1);
+    }
+  }
+  return SIZE_MAX;
+}
+
+/* ---- Arenas ---------------------------------------------------------- */
+
+static bmm_arena_t *arena_new(void) {
+  bmm_arena_t *arena = bmm__os_reserve_aligned(BMM_REGION_SIZE, BMM_REGION_SIZE, false);
+  if (arena == NULL) return NULL;
+  size_t header = BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
+  if (!bmm__os_commit(arena, header)) {
+    bmm__os_release(arena, BMM_REGION_SIZE);
+    return NULL;
+  }
+  /* Fresh mappings read as zero: only the non-zero fields are written. */
+  arena->magic = BMM_ARENA_MAGIC;
+  arena->map_base = (uint8_t *)arena;
+  arena->map_size = BMM_REGION_SIZE;
+  bits_set(arena->used, 0, BMM_ARENA_HEADER_UNITS);
+  atomic_store_explicit(&arena->hint, BMM_ARENA_HEADER_UNITS / 64, memory_order_relaxed);
+  size_t idx = atomic_fetch_add_explicit(&arena_count, 1, memory_order_relaxed);
+  if (idx >= BMM_MAX_ARENAS) {
+    atomic_fetch_sub_explicit(&arena_count, 1, memory_order_relaxed);
+    bmm__os_release(arena, BMM_REGION_SIZE);
+    return NULL;
+  }
+  arena->index = (uint32_t)idx;
+  region_map_set(arena, BMM_REGION_ARENA);
+  atomic_store_explicit(&arena_table[idx], arena, memory_order_release);
+  bmm__verbose("reserved arena", idx);
+  return arena;
+}
+
+static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, size_t *out) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    size_t hint = atomic_load_explicit(&arena->hint, memory_order_relaxed);
+    size_t first = bits_find_run(arena->used, BMM_ARENA_WORDS, hint, units, align_units);
+    if (first == SIZE_MAX) return false;
+    if (bits_try_claim(arena->used, first, units)) {
+      atomic_store_explicit(&arena->hint, first >> 6, memory_order_relaxed);
+      *out = first;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Claim `units` units aligned to `align_units` from any arena, preferring
+ * *arena_hint, and return the descriptor of the run's first unit with
+ * unit_offset, units and start set; the caller sets the rest. */
+bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units) {
+  if (units == 0 || units > BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS) return NULL;
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  size_t start = *arena_hint < count ? *arena_hint : 0;
+  for (size_t k = 0;; k++) {
+    bmm_arena_t *arena;
+    if (k < count) {
+      arena = atomic_load_explicit(&arena_table[(start + k) % count], memory_order_acquire);
+      if (arena == NULL) continue; /* being published by another thread */
+    } else {
+      arena = arena_new();
+      if (arena == NULL) return NULL;
+    }
+    size_t first;
+    if (!arena_claim(arena, units, align_units, &first)) {
+      if (k >= count) return NULL; /* a fresh arena that cannot fit it */
+      continue;
+    }
+    uint8_t *addr = (uint8_t *)arena + first * BMM_UNIT_SIZE;
+    if (!bmm__os_commit(addr, units * BMM_UNIT_SIZE)) {
+      bits_clear(arena->used, first, units);
+      return NULL;
+    }
+    bits_set(arena->dirty, first, units);
+    atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
+    *arena_hint = arena->index;
+    bmm_page_t *page = &arena->pages[first];
+    for (size_t i = 1; i < units; i++) page[i].unit_offset = (uint32_t)i;
+    page->unit_offset = 0;
+    page->units = (uint32_t)units;
+    page->start = addr;
+    return page;
+  }
+}
+
+void bmm__arena_page_free(bmm_page_t *page) {
+  bmm_arena_t *arena = bmm__arena_of_page(page);
+  size_t first = (size_t)(page - arena->pages), units = page->units;
+  page->free = page->local_free = NULL;
+  page->used = page->capacity = page->reserved = 0;
+  page->block_size = 0;
+  page->in_full = 0;
+  atomic_store_explicit(&page->thread_free, 0, memory_order_relaxed);
+  atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
+  atomic_store_explicit(&page->kind, BMM_PAGE_FREE, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
+  bits_clear(arena->used, first, units); /* release: descriptor reset first */
+}
+
+/* Decommit every free unit that may still hold memory. Each run is claimed
+ * while it is decommitted, so no thread can hand it out meanwhile. */
+void bmm__arena_purge_all(void) {
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  bool lazy = bmm__options[BMM_OPTION_PURGE_LAZY] != 0;
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = atomic_load_explicit(&arena_table[a], memory_order_acquire);
+    if (arena == NULL) continue;
+    for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
+      uint64_t cand = atomic_load_explicit(&arena->dirty[w], memory_order_relaxed) &
+                      ~atomic_load_explicit(&arena->used[w], memory_order_relaxed);
+      while (cand) {
+        size_t bit = (size_t)__builtin_ctzll(cand);
+        size_t n = ones_at_bottom(cand >> bit);
+        cand &= ~bits_mask(bit, n);
+        size_t first = w * 64 + bit;
+        if (!bits_try_claim(arena->used, first, n)) continue;
+        bmm__os_decommit((uint8_t *)arena + first * BMM_UNIT_SIZE, n * BMM_UNIT_SIZE, lazy);
+        atomic_fetch_and_explicit(&arena->dirty[w], ~bits_mask(bit, n), memory_order_relaxed);
+        bits_clear(arena->used, first, n);
+      }
+    }
+  }
+}
+
+/* ---- Huge blocks ----------------------------------------------------- */
+
+/* A huge block gets a region of its own: the arena header layout, then the
+ * block at the first unit boundary past the header that satisfies `align`.
+ * Only the header's first page and the block's one descriptor are touched. */
+void *bmm__huge_alloc(size_t size, size_t align) {
+  size_t ps = bmm__os_page_size();
+  size_t offset = BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
+  if (align > BMM_UNIT_SIZE) offset = (offset + align - 1) & ~(align - 1);
+  if (offset >= BMM_REGION_SIZE || size > SIZE_MAX - offset - ps) {
+    errno = ENOMEM; /* alignments of a region or more are not supported */
+    return NULL;
+  }
+  size_t total = (offset + size + ps - 1) & ~(ps - 1);
+  bmm_arena_t *h = bmm__os_reserve_aligned(total, BMM_REGION_SIZE, true);
+  if (h == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  h->magic = BMM_HUGE_MAGIC;
+  h->map_base = (uint8_t *)h;
+  h->map_size = total;
+  h->index = UINT32_MAX;
+  bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
+  page->unit_offset = 0;
+  page->units = (uint32_t)((total - offset + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
+  page->block_size = total - offset;
+  page->start = (uint8_t *)h + offset;
+  page->reserved = page->used = 1;
+  atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
+  region_map_set(h, BMM_REGION_ARENA);
+  return page->start;
+}
+
+void bmm__huge_free(bmm_page_t *page) {
+  bmm_arena_t *h = bmm__arena_of_page(page);
+  region_map_set(h, BMM_REGION_NONE);
+  bmm__os_release(h->map_base, h->map_size);
+}
+
+/* ---- Checks ---------------------------------------------------------- */
+
+static bool arena_check(bmm_arena_t *arena) {
+  if (arena->magic != BMM_ARENA_MAGIC) return false;
+  for (size_t u = 0; u < BMM_ARENA_HEADER_UNITS; u++)
+    if (!(atomic_load(&arena->used[u >> 6]) >> (u & 63) & 1)) return false;
+  for (size_t u = BMM_ARENA_HEADER_UNITS; u < BMM_ARENA_UNITS;) {
+    bmm_page_t *page = &arena->pages[u];
+    uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+    if (kind == BMM_PAGE_FREE) {
+      u++;
+      continue;
+    }
+    if (page->unit_offset != 0 || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
+      return false;
+    if (page->start != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
+    for (size_t i = 0; i < page->units; i++) {
+      if (page[i].unit_offset != i) return false;
+      if (!(atomic_load(&arena->used[(u + i) >> 6]) >> ((u + i) & 63) & 1)) return false;
+    }
+    u += page->units;
+  }
+  return true;
+}
+
+bool bmm__arena_check_all(void) {
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = atomic_load_explicit(&arena_table[a], memory_order_acquire);
+    if (arena != NULL && !arena_check(arena)) return false;
+  }
+  return true;
+}

@@ -1,0 +1,52 @@
+/* fastpath.h: the malloc and free fast paths, inline, shared by the bmm_
+ * API (alloc.c, free.c) and the standard names (override/malloc.c) so that
+ * both compile to the same few instructions with no extra call.
+ *
+ * malloc: one TLS load, one table load, pop the page's free list.
+ * free:   one region-map byte, the page descriptor, a thread-id compare,
+ *         push on the page's local list. Everything else is a noinline
+ *         slow path in alloc.c / free.c / heap.c.
+ */
+#ifndef BMM_FASTPATH_H
+#define BMM_FASTPATH_H
+
+#include <string.h>
+
+#include "internal.h"
+
+bmm_inline void *bmm__malloc_fast(size_t size) {
+  bmm_heap_t *heap = bmm__heap_tls;
+  if (bmm_likely(size <= BMM_SMALL_MAX)) {
+    bmm_page_t *page = heap->direct[(size + BMM_ALIGN - 1) / BMM_ALIGN];
+    bmm_block_t *block = page->free;
+    if (bmm_likely(block != NULL)) {
+      page->free = block->next;
+      page->used++;
+      if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+      return block;
+    }
+  }
+  return bmm__malloc_generic(heap, size);
+}
+
+/* Free a block of a page the calling thread owns. */
+bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
+  bmm_block_t *block = (bmm_block_t *)p;
+  if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
+  block->next = page->local_free;
+  page->local_free = block;
+  if (bmm_unlikely(--page->used == 0 || page->in_full))
+    bmm__heap_page_unfull_or_retire(
+        atomic_load_explicit(&page->heap, memory_order_relaxed), page);
+}
+
+bmm_inline void bmm__free_fast(void *p, const char *call) {
+  bmm_page_t *page = bmm__page_of(p);
+  if (bmm_likely(page != NULL &&
+                 atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id()))
+    bmm__free_local(page, p);
+  else
+    bmm__free_generic(p, page, call);
+}
+
+#endif /* BMM_FASTPATH_H */

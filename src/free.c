@@ -1,0 +1,142 @@
+/* free.c: freeing and the usable size. The fast path (fastpath.h) handles a
+ * block of a page the calling thread owns; this file handles the rest:
+ * NULL, frees into other threads' pages (lock-free push on the page's
+ * thread_free list, or on the owning heap's delayed list when the page is
+ * full), large and huge blocks, and misuse: foreign pointers, interior
+ * pointers and double frees of large blocks are reported, never acted on.
+ */
+#include "fastpath.h"
+
+/* Push a block onto another thread's page. If the page is in its heap's
+ * full queue (state USE), hand the block to the heap instead so the owner
+ * notices the page has room again; see BMM_DF_* in types.h. */
+static void free_remote(bmm_page_t *page, bmm_block_t *block) {
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  uintptr_t next;
+  bool notify;
+  do {
+    notify = (tf & BMM_DF_MASK) == BMM_DF_USE;
+    if (bmm_unlikely(notify)) {
+      next = (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_FREEING;
+    } else {
+      block->next = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
+      next = (uintptr_t)block | (tf & BMM_DF_MASK);
+    }
+    /* release: block->next is visible to the owner that takes the list;
+     * acquire: when we see USE we also see the page->heap the owner
+     * stored before it set USE. */
+  } while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, next,
+                                                  memory_order_acq_rel, memory_order_relaxed));
+  if (bmm_likely(!notify)) return;
+
+  /* We hold FREEING: the owner cannot abandon the page (it waits for us),
+   * so page->heap stays valid until we leave that state. */
+  bmm_heap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
+  bmm_block_t *old = atomic_load_explicit(&heap->delayed_free, memory_order_relaxed);
+  do {
+    block->next = old;
+  } while (!atomic_compare_exchange_weak_explicit(&heap->delayed_free, &old, block,
+                                                  memory_order_release, memory_order_relaxed));
+  /* Leave FREEING. Later remote frees go to thread_free directly: the owner
+   * will move the page out of the full queue when it drains delayed_free. */
+  tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  while (!atomic_compare_exchange_weak_explicit(
+      &page->thread_free, &tf, (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
+      memory_order_release, memory_order_relaxed)) {
+  }
+}
+
+/* True if p is the start of a block of `page` (not an interior pointer). */
+static bool is_block_start(const bmm_page_t *page, const void *p) {
+  uintptr_t off = (uintptr_t)p - (uintptr_t)page->start;
+  return (uintptr_t)p >= (uintptr_t)page->start && off % page->block_size == 0 &&
+         off / page->block_size < page->reserved;
+}
+
+bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
+  if (p == NULL) return;
+  if (bmm_unlikely(page == NULL)) {
+    bmm__error(p, call, "pointer was not allocated by BrainMM");
+    return;
+  }
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  switch (kind) {
+  case BMM_PAGE_SMALL:
+  case BMM_PAGE_MEDIUM:
+    if (bmm_unlikely(!is_block_start(page, p))) {
+      bmm__error(p, call, "pointer into the middle of a block");
+      return;
+    }
+    if (atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id())
+      bmm__free_local(page, p);
+    else
+      free_remote(page, (bmm_block_t *)p);
+    return;
+  case BMM_PAGE_LARGE:
+  case BMM_PAGE_HUGE:
+    if (bmm_unlikely(p != page->start)) {
+      bmm__error(p, call, "pointer into the middle of a block");
+      return;
+    }
+    /* The kind goes to FREE exactly once: a second free of the same block
+     * (even a racing one) finds FREE and is reported. */
+    if (bmm_unlikely(!atomic_compare_exchange_strong_explicit(
+            &page->kind, &kind, BMM_PAGE_FREE, memory_order_acq_rel, memory_order_relaxed))) {
+      bmm__error(p, call, "double free of a large block");
+      return;
+    }
+    if (kind == BMM_PAGE_LARGE) bmm__arena_page_free(page);
+    else bmm__huge_free(page);
+    return;
+  default:
+    bmm__error(p, call, "double free, or pointer not allocated by BrainMM");
+    return;
+  }
+}
+
+BMM_API void bmm_free(void *p) {
+  bmm__free_fast(p, "free");
+}
+
+/* The size is only a hint today; secure mode will verify it. */
+BMM_API void bmm_free_sized(void *p, size_t size) {
+  (void)size;
+  bmm__free_fast(p, "free_sized");
+}
+
+BMM_API void bmm_free_aligned_sized(void *p, size_t align, size_t size) {
+  (void)align;
+  (void)size;
+  bmm__free_fast(p, "free_aligned_sized");
+}
+
+/* Usable size of a live block; 0 (after reporting, with `call` non-NULL)
+ * when p is not the start of one. */
+size_t bmm__usable_size_checked(const void *p, const char *call) {
+  bmm_page_t *page = bmm__page_of(p);
+  const char *what = "pointer was not allocated by BrainMM";
+  if (page != NULL) {
+    switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {
+    case BMM_PAGE_SMALL:
+    case BMM_PAGE_MEDIUM:
+      if (is_block_start(page, p)) return page->block_size;
+      what = "pointer into the middle of a block";
+      break;
+    case BMM_PAGE_LARGE:
+    case BMM_PAGE_HUGE:
+      if (p == page->start) return page->block_size;
+      what = "pointer into the middle of a block";
+      break;
+    default:
+      what = "pointer to a freed block";
+      break;
+    }
+  }
+  if (call != NULL) bmm__error(p, call, what);
+  return 0;
+}
+
+BMM_API size_t bmm_usable_size(const void *p) {
+  if (p == NULL) return 0;
+  return bmm__usable_size_checked(p, NULL);
+}

@@ -1,0 +1,342 @@
+/* heap.c: per-thread heaps. A heap owns pages: one queue per size class of
+ * pages that may have free blocks, a full queue kept off the search path,
+ * and a direct table from small sizes to the page malloc tries first.
+ *
+ * Concurrency: a heap is touched only by its owning thread, except
+ * delayed_free, which remote threads push onto (see BMM_DF_* in types.h).
+ * When a thread exits its pages are abandoned: every page's delayed state is
+ * set to NEVER first (waiting out remote threads in FREEING, who may be
+ * reading page->heap), then the delayed list is drained, then each page is
+ * freed if empty or pushed on a global per-class abandoned list, from which
+ * a thread short of pages adopts them. The heap struct itself is recycled,
+ * never unmapped. No locks.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+bmm_page_t bmm__page_empty; /* free == NULL: the fast path falls through */
+
+/* The heap of a thread that has not allocated yet: every direct entry
+ * points at the empty page, so the first malloc takes the slow path. */
+bmm_heap_t bmm__heap_empty = {
+    .direct = {[0 ... BMM_DIRECT_COUNT - 1] = &bmm__page_empty},
+};
+
+__thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
+    &bmm__heap_empty;
+
+static _Atomic(bmm_heap_t *) heap_pool;                   /* recycled heaps */
+static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
+
+/* ---- Queues and the direct table ------------------------------------- */
+
+/* Point the direct entries of class `cls` at its queue's first page. */
+static void heap_direct_update(bmm_heap_t *heap, size_t cls) {
+  size_t size = bmm__class_size(cls);
+  if (size > BMM_SMALL_MAX) return;
+  bmm_page_t *page = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
+  size_t lo = cls == 0 ? 0 : bmm__class_size(cls - 1) / BMM_ALIGN + 1;
+  for (size_t i = lo; i <= size / BMM_ALIGN; i++) heap->direct[i] = page;
+}
+
+static void queue_remove(bmm_page_queue_t *q, bmm_page_t *page) {
+  if (page->prev) page->prev->next = page->next;
+  else q->first = page->next;
+  if (page->next) page->next->prev = page->prev;
+  else q->last = page->prev;
+  page->next = page->prev = NULL;
+}
+
+static void queue_push_front(bmm_page_queue_t *q, bmm_page_t *page) {
+  page->prev = NULL;
+  page->next = q->first;
+  if (q->first) q->first->prev = page;
+  else q->last = page;
+  q->first = page;
+}
+
+static void heap_queue_remove(bmm_heap_t *heap, bmm_page_t *page) {
+  bmm_page_queue_t *q = &heap->queues[page->class_idx];
+  bool was_first = q->first == page;
+  queue_remove(q, page);
+  if (was_first) heap_direct_update(heap, page->class_idx);
+}
+
+static void heap_queue_push_front(bmm_heap_t *heap, bmm_page_t *page) {
+  queue_push_front(&heap->queues[page->class_idx], page);
+  heap_direct_update(heap, page->class_idx);
+}
+
+/* A page with no free block leaves the search path. From now on the first
+ * remote free into it notifies this heap (delayed state USE). */
+static void heap_page_to_full(bmm_heap_t *heap, bmm_page_t *page) {
+  heap_queue_remove(heap, page);
+  queue_push_front(&heap->full, page);
+  page->in_full = 1;
+  bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
+}
+
+static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page) {
+  queue_remove(&heap->full, page);
+  page->in_full = 0;
+  bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_USE);
+  heap_queue_push_front(heap, page);
+}
+
+/* Called by the owner's free when a page was full or became empty. An empty
+ * page goes back to the arena unless it is its class's first page, which is
+ * kept so that an alloc/free cycle at a page boundary does not claim and
+ * release a page every time. */
+void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page) {
+  if (page->in_full) heap_page_unfull(heap, page);
+  if (page->used == 0 && heap->queues[page->class_idx].first != page) {
+    heap_queue_remove(heap, page);
+    bmm__arena_page_free(page);
+  }
+}
+
+/* Free the blocks remote threads handed to us because their pages were
+ * full. Every block's page is still ours: abandonment drains this list
+ * after the last remote thread left FREEING. */
+void bmm__heap_process_delayed(bmm_heap_t *heap) {
+  bmm_block_t *b = atomic_exchange_explicit(&heap->delayed_free, NULL, memory_order_acquire);
+  while (b != NULL) {
+    bmm_block_t *next = b->next;
+    bmm_page_t *page = bmm__page_of(b);
+    b->next = page->local_free;
+    page->local_free = b;
+    page->used--;
+    bmm__heap_page_unfull_or_retire(heap, page);
+    b = next;
+  }
+}
+
+/* ---- Getting a page with free blocks --------------------------------- */
+
+static void heap_adopt_page(bmm_heap_t *heap, bmm_page_t *page) {
+  atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, heap->tid, memory_order_relaxed);
+  bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_NEVER);
+  bmm__page_collect(page);
+  if (page->free == NULL && page->capacity < page->reserved) bmm__page_extend(page);
+  if (page->free != NULL) {
+    heap_queue_push_front(heap, page);
+  } else {
+    queue_push_front(&heap->full, page);
+    page->in_full = 1;
+    bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
+  }
+}
+
+/* Take over every abandoned page of class `cls`; returns one with free
+ * blocks, first in its queue, or NULL. Empty pages beyond that one go back
+ * to the arena. */
+static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t cls) {
+  if (atomic_load_explicit(&abandoned[cls], memory_order_relaxed) == NULL) return NULL;
+  /* Taking the whole list with one exchange has no ABA problem. acquire:
+   * pairs with the abandoning thread's release push, so its writes to the
+   * page's lists are visible. */
+  bmm_page_t *page = atomic_exchange_explicit(&abandoned[cls], NULL, memory_order_acquire);
+  bmm_page_t *found = NULL;
+  while (page != NULL) {
+    bmm_page_t *next = page->abandoned_next;
+    page->abandoned_next = NULL;
+    heap_adopt_page(heap, page);
+    if (page->used == 0 && found != NULL) {
+      heap_queue_remove(heap, page);
+      bmm__arena_page_free(page);
+    } else if (found == NULL && page->free != NULL) {
+      found = page;
+    }
+    page = next;
+  }
+  if (found != NULL && heap->queues[cls].first != found) {
+    heap_queue_remove(heap, found);
+    heap_queue_push_front(heap, found);
+  }
+  return found;
+}
+
+static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t cls) {
+  size_t units = bmm__class_size(cls) <= BMM_SMALL_PAGE_MAX ? 1 : BMM_MEDIUM_PAGE_UNITS;
+  bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1);
+  if (page == NULL) return NULL;
+  bmm__page_init(page, heap, cls);
+  bmm__page_extend(page);
+  heap_queue_push_front(heap, page);
+  return page;
+}
+
+/* The slow path of malloc: find a page of class `cls` with a free block,
+ * collecting frees as it goes, moving exhausted pages to the full queue,
+ * then adopting abandoned pages, then claiming a fresh page. */
+bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls) {
+  bmm_page_t *page = heap->queues[cls].first;
+  while (page != NULL) {
+    bmm_page_t *next = page->next;
+    bmm__page_collect(page);
+    if (page->free == NULL && page->capacity < page->reserved) bmm__page_extend(page);
+    if (page->free != NULL) {
+      if (heap->queues[cls].first != page) {
+        heap_queue_remove(heap, page);
+        heap_queue_push_front(heap, page);
+      }
+      return page;
+    }
+    heap_page_to_full(heap, page);
+    page = next;
+  }
+  page = heap_adopt_class(heap, cls);
+  if (page != NULL) return page;
+  return heap_page_fresh(heap, cls);
+}
+
+/* ---- Thread start and exit ------------------------------------------- */
+
+static void heap_pool_push_list(bmm_heap_t *first, bmm_heap_t *last) {
+  bmm_heap_t *old = atomic_load_explicit(&heap_pool, memory_order_relaxed);
+  do {
+    last->pool_next = old;
+  } while (!atomic_compare_exchange_weak_explicit(&heap_pool, &old, first,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
+static bmm_heap_t *heap_pool_pop(void) {
+  /* Take all, keep one, give the rest back: no ABA window. */
+  bmm_heap_t *all = atomic_exchange_explicit(&heap_pool, NULL, memory_order_acquire);
+  if (all == NULL) return NULL;
+  bmm_heap_t *rest = all->pool_next;
+  if (rest != NULL) {
+    bmm_heap_t *last = rest;
+    while (last->pool_next != NULL) last = last->pool_next;
+    heap_pool_push_list(rest, last);
+  }
+  return all;
+}
+
+bmm_heap_t *bmm__heap_init_thread(void) {
+  bmm__process_init();
+  /* process init may have allocated (and so set up this thread's heap)
+   * through a library call: use that heap rather than make a second. */
+  if (bmm__heap_tls != &bmm__heap_empty) return bmm__heap_tls;
+  bmm_heap_t *heap = heap_pool_pop();
+  if (heap == NULL) {
+    heap = bmm__os_reserve_aligned(sizeof(bmm_heap_t), bmm__os_page_size(), true);
+    if (heap == NULL) return NULL;
+  }
+  memset(heap, 0, sizeof *heap);
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) heap->direct[i] = &bmm__page_empty;
+  heap->tid = bmm__os_thread_id();
+  /* Spread threads over arenas so their page claims touch different
+   * bitmap words; the hint is corrected on the first claim. */
+  heap->arena_hint = (uint32_t)((heap->tid >> 12) & 3);
+  bmm__heap_tls = heap;
+  bmm__os_thread_exit_hook_arm(heap);
+  return heap;
+}
+
+static void heap_abandon_page(bmm_page_t *page) {
+  size_t cls = page->class_idx;
+  page->in_full = 0;
+  page->next = page->prev = NULL;
+  atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
+  bmm_page_t *old = atomic_load_explicit(&abandoned[cls], memory_order_relaxed);
+  do {
+    page->abandoned_next = old;
+  } while (!atomic_compare_exchange_weak_explicit(&abandoned[cls], &old, page,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
+static void heap_set_all_delayed(bmm_heap_t *heap, uintptr_t to, unsigned from_mask) {
+  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+    for (bmm_page_t *page = q->first; page != NULL; page = page->next)
+      bmm__page_set_delayed(page, to, from_mask);
+  }
+}
+
+/* Thread exit (the OS layer's hook): give every page away. */
+void bmm__heap_thread_done(void *arg) {
+  bmm_heap_t *heap = arg;
+  if (heap == NULL || heap == &bmm__heap_empty || heap->tid != bmm__os_thread_id()) return;
+  heap_set_all_delayed(heap, BMM_DF_NEVER, 0xF);
+  bmm__heap_process_delayed(heap);
+  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+    bmm_page_t *page;
+    while ((page = q->first) != NULL) {
+      queue_remove(q, page);
+      bmm__page_collect(page);
+      if (page->used == 0) bmm__arena_page_free(page);
+      else heap_abandon_page(page);
+    }
+  }
+  bmm__heap_tls = &bmm__heap_empty;
+  heap_pool_push_list(heap, heap);
+}
+
+/* In a forked child only the forking thread lives. A thread that was in the
+ * middle of a delayed free into one of our pages will never finish it:
+ * release its FREEING state so that nothing waits for it forever. */
+void bmm__heap_fork_child(bmm_heap_t *heap) {
+  if (heap == &bmm__heap_empty) return;
+  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+    for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
+      uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+      if ((tf & BMM_DF_MASK) == BMM_DF_FREEING)
+        atomic_store_explicit(&page->thread_free, (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
+                              memory_order_relaxed);
+    }
+  }
+}
+
+/* Return what this heap holds but does not use: empty pages go back to the
+ * arena; with `force`, abandoned pages of dead threads are adopted (and
+ * freed when empty) too. */
+void bmm__heap_collect(bmm_heap_t *heap, bool force) {
+  if (heap == &bmm__heap_empty) return;
+  bmm__heap_process_delayed(heap);
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) {
+    if (force) heap_adopt_class(heap, c);
+    bmm_page_t *page = heap->queues[c].first;
+    while (page != NULL) {
+      bmm_page_t *next = page->next;
+      bmm__page_collect(page);
+      if (page->used == 0) {
+        heap_queue_remove(heap, page);
+        bmm__arena_page_free(page);
+      }
+      page = next;
+    }
+  }
+  for (bmm_page_t *page = heap->full.first, *next; page != NULL; page = next) {
+    next = page->next;
+    bmm__page_collect(page);
+    if (page->free != NULL) heap_page_unfull(heap, page);
+  }
+}
+
+bool bmm__heap_check(bmm_heap_t *heap) {
+  if (heap == &bmm__heap_empty) return true;
+  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+    bmm_page_t *prev = NULL;
+    for (bmm_page_t *page = q->first; page != NULL; prev = page, page = page->next) {
+      if (page->prev != prev || !bmm__page_is_valid(page)) return false;
+      if (atomic_load_explicit(&page->heap, memory_order_relaxed) != heap) return false;
+      if (atomic_load_explicit(&page->tid, memory_order_relaxed) != heap->tid) return false;
+      if (c < BMM_CLASS_COUNT ? (page->class_idx != c || page->in_full) : !page->in_full)
+        return false;
+    }
+    if (q->last != prev) return false;
+  }
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
+    size_t cls = bmm__class_of(i * BMM_ALIGN);
+    bmm_page_t *want = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
+    if (heap->direct[i] != want) return false;
+  }
+  return true;
+}

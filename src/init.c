@@ -1,0 +1,66 @@
+/* init.c: process start-up and the public control calls. Initialisation is
+ * lazy (the first malloc may come from the dynamic loader or libc before
+ * any constructor) and also run from a constructor, so that options given
+ * in the environment are seen even when the first malloc came too early to
+ * read them. It registers the thread-exit hook (abandoning the heap of an
+ * exiting thread) and the fork handler.
+ *
+ * Concurrency: one thread runs the init; others wait for it, except a call
+ * that recurses from inside it (a libc function that allocates), which
+ * proceeds with the defaults.
+ */
+#include "internal.h"
+
+enum { INIT_NONE, INIT_RUNNING, INIT_DONE };
+static atomic_int init_state;
+static _Atomic(uintptr_t) init_thread;
+static bool options_seen_env;
+
+/* After fork only the forking thread lives; see bmm__heap_fork_child. */
+static void init_fork_child(void) {
+  bmm__heap_fork_child(bmm__heap_tls);
+}
+
+void bmm__process_init(void) {
+  if (bmm_likely(atomic_load_explicit(&init_state, memory_order_acquire) == INIT_DONE)) return;
+  int expected = INIT_NONE;
+  uintptr_t self = bmm__os_thread_id();
+  if (!atomic_compare_exchange_strong_explicit(&init_state, &expected, INIT_RUNNING,
+                                               memory_order_acq_rel, memory_order_acquire)) {
+    /* Running in another thread: wait. Running in this one: recursion. */
+    while (atomic_load_explicit(&init_state, memory_order_acquire) != INIT_DONE &&
+           atomic_load_explicit(&init_thread, memory_order_relaxed) != self)
+      bmm__os_yield();
+    return;
+  }
+  atomic_store_explicit(&init_thread, self, memory_order_relaxed);
+  bmm__os_page_size();
+  options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
+  bmm__options_init();
+  bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
+  bmm__os_atfork(NULL, NULL, init_fork_child);
+  atomic_store_explicit(&init_state, INIT_DONE, memory_order_release);
+  bmm__verbose("initialised, version", BMM_VERSION_MAJOR * 10000 + BMM_VERSION_MINOR * 100 +
+                                           BMM_VERSION_PATCH);
+}
+
+bool bmm__process_is_initialized(void) {
+  return atomic_load_explicit(&init_state, memory_order_acquire) == INIT_DONE;
+}
+
+__attribute__((constructor)) static void init_constructor(void) {
+  bmm__process_init();
+  /* The first malloc may have run before the environment was set up. */
+  if (!options_seen_env) bmm__options_init();
+  /* Arm the exit hook of the main thread too (its heap may predate it). */
+  if (bmm__heap_tls != &bmm__heap_empty) bmm__os_thread_exit_hook_arm(bmm__heap_tls);
+}
+
+BMM_API void bmm_collect(bool force) {
+  bmm__heap_collect(bmm__heap_tls, force);
+  if (force) bmm__arena_purge_all();
+}
+
+BMM_API bool bmm_heap_check(void) {
+  return bmm__arena_check_all() && bmm__heap_check(bmm__heap_tls);
+}

@@ -1,0 +1,153 @@
+/* internal.h: what the files of BrainMM share: branch hints, the three
+ * assertion tiers, the size-class mapping, and cross-file prototypes grouped
+ * by the file that owns them. Nothing here is exported from the library.
+ */
+#ifndef BMM_INTERNAL_H
+#define BMM_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "brainmm.h"
+#include "os/os.h"
+#include "types.h"
+
+#define bmm_likely(x) __builtin_expect(!!(x), 1)
+#define bmm_unlikely(x) __builtin_expect(!!(x), 0)
+#define bmm_noinline __attribute__((noinline))
+#define bmm_inline static inline __attribute__((always_inline))
+#define bmm_cold __attribute__((cold, noinline))
+
+/* ---- Assertion tiers ------------------------------------------------- */
+/* bmm_assert: cheap internal invariants, on in debug builds (BMM_DEBUG>=1).
+ * bmm_assert_expensive: whole-structure validators (BMM_DEBUG>=2, the
+ * "check" flavour). Misuse checks that stay on in release are not asserts:
+ * they report through bmm__error(). Assertion code never allocates. */
+#ifndef BMM_DEBUG
+#define BMM_DEBUG 0
+#endif
+#if BMM_DEBUG >= 1
+#define bmm_assert(x) \
+  ((x) ? (void)0 : bmm__assert_fail(#x, __FILE__, __LINE__, __func__))
+#else
+#define bmm_assert(x) ((void)0)
+#endif
+#if BMM_DEBUG >= 2
+#define bmm_assert_expensive(x) bmm_assert(x)
+#else
+#define bmm_assert_expensive(x) ((void)0)
+#endif
+static const bool bmm__debug = BMM_DEBUG >= 1;
+
+/* Debug builds fill fresh blocks with 0xD0 and freed ones with 0xDF. */
+#define BMM_DEBUG_FILL_ALLOC 0xD0
+#define BMM_DEBUG_FILL_FREE 0xDF
+
+/* ---- Size classes ---------------------------------------------------- */
+
+/* Class index of a request of `size` bytes (size <= BMM_MEDIUM_MAX). Sizes
+ * up to 256 B map linearly (16 B steps, classes 0..15). Above, with w the
+ * size in 16-byte words minus one and b its highest bit, the class is the
+ * doubling (b) times 8 plus the eighth of that doubling it falls into. */
+bmm_inline size_t bmm__class_of(size_t size) {
+  size_t w = (size + BMM_ALIGN - 1) / BMM_ALIGN; /* 16-byte words */
+  if (w <= 16) return w == 0 ? 0 : w - 1;
+  w--;
+  size_t b = 63 - (size_t)__builtin_clzll(w); /* w >= 16, so b >= 4 */
+  return 16 + ((b - 4) << 3) + ((w >> (b - 3)) & 7);
+}
+
+/* Block size of class c (inverse of bmm__class_of). */
+bmm_inline size_t bmm__class_size(size_t c) {
+  if (c < 16) return (c + 1) * BMM_ALIGN;
+  size_t d = (c - 16) >> 3; /* doubling: 0 for 256..512 */
+  size_t e = (c - 16) & 7;
+  size_t base = (size_t)256 << d;
+  return base + (e + 1) * (base >> 3);
+}
+
+/* ---- Region map and page lookup (arena.c) ----------------------------- */
+
+extern _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
+
+/* The page descriptor of the block containing p, or NULL when p is not in
+ * a BrainMM region. Never touches memory outside our own metadata. */
+bmm_inline bmm_page_t *bmm__page_of(const void *p) {
+  uintptr_t a = (uintptr_t)p;
+  uintptr_t r = a >> BMM_REGION_SHIFT;
+  if (bmm_unlikely(r >= BMM_REGION_MAP_SIZE)) return NULL;
+  if (bmm_unlikely(atomic_load_explicit(&bmm__region_map[r], memory_order_relaxed) !=
+                   BMM_REGION_ARENA))
+    return NULL;
+  bmm_arena_t *arena = (bmm_arena_t *)(a & ~(uintptr_t)BMM_REGION_MASK);
+  bmm_page_t *page = &arena->pages[(a & BMM_REGION_MASK) >> BMM_UNIT_SHIFT];
+  return page - page->unit_offset;
+}
+
+bmm_inline bmm_arena_t *bmm__arena_of_page(const bmm_page_t *page) {
+  return (bmm_arena_t *)((uintptr_t)page & ~(uintptr_t)BMM_REGION_MASK);
+}
+
+/* arena.c: claims runs of units for pages and large blocks, lock-free. */
+bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units);
+void bmm__arena_page_free(bmm_page_t *page);
+void *bmm__huge_alloc(size_t size, size_t align);
+void bmm__huge_free(bmm_page_t *page);
+void bmm__arena_purge_all(void);
+bool bmm__arena_check_all(void);
+
+/* ---- page.c ---------------------------------------------------------- */
+void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls);
+void bmm__page_extend(bmm_page_t *page);
+void bmm__page_collect(bmm_page_t *page);
+size_t bmm__page_take_thread_free(bmm_page_t *page);
+void bmm__page_set_delayed(bmm_page_t *page, uintptr_t to, unsigned from_mask);
+bool bmm__page_is_valid(const bmm_page_t *page);
+
+/* ---- heap.c ---------------------------------------------------------- */
+extern bmm_heap_t bmm__heap_empty;
+extern bmm_page_t bmm__page_empty;
+extern __thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec")));
+
+bmm_heap_t *bmm__heap_init_thread(void);
+void bmm__heap_thread_done(void *heap);
+bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls);
+void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page);
+void bmm__heap_process_delayed(bmm_heap_t *heap);
+void bmm__heap_collect(bmm_heap_t *heap, bool force);
+bool bmm__heap_check(bmm_heap_t *heap);
+void bmm__heap_fork_child(bmm_heap_t *heap);
+
+/* ---- alloc.c / free.c / aligned.c ------------------------------------ */
+void *bmm__malloc_generic(bmm_heap_t *heap, size_t size);
+void *bmm__large_alloc(size_t size, size_t align);
+void *bmm__malloc_aligned(size_t size, size_t align);
+void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
+size_t bmm__usable_size_checked(const void *p, const char *call);
+
+/* ---- init.c ---------------------------------------------------------- */
+void bmm__process_init(void);
+bool bmm__process_is_initialized(void);
+
+/* ---- options.c ------------------------------------------------------- */
+typedef enum bmm_option_e {
+  BMM_OPTION_ABORT_ON_ERROR,
+  BMM_OPTION_VERBOSE,
+  BMM_OPTION_PURGE_LAZY,
+  BMM_OPTION_COUNT
+} bmm_option_t;
+extern long bmm__options[BMM_OPTION_COUNT];
+void bmm__options_init(void);
+
+/* ---- error.c --------------------------------------------------------- */
+/* One diagnostic line for detected heap misuse, then abort unless
+ * abort_on_error=0. `call` names the API function, `what` the problem. */
+void bmm__error(const void *p, const char *call, const char *what);
+void bmm__warning(const char *what, const char *detail);
+void bmm__verbose(const char *what, size_t value);
+_Noreturn void bmm__assert_fail(const char *expr, const char *file, int line,
+                                const char *func);
+
+#endif /* BMM_INTERNAL_H */

@@ -1,0 +1,119 @@
+/* options.c: the table of run-time options and where their values come
+ * from: defaults, BMM_OPTIONS="name=value,...", BMM_<NAME>=value (which
+ * wins over BMM_OPTIONS), and bmm_option_set. Parsing reads the environment
+ * in place and never allocates: it runs inside the first malloc.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct bmm_option_desc_s {
+  const char *name;
+  long def, min, max;
+  const char *help;
+} bmm_option_desc_t;
+
+static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
+    [BMM_OPTION_ABORT_ON_ERROR] = {"abort_on_error", 1, 0, 1,
+                                   "abort after reporting heap misuse (0: ignore the call)"},
+    [BMM_OPTION_VERBOSE] = {"verbose", 0, 0, 2, "print what the allocator does (1, 2: more)"},
+    [BMM_OPTION_PURGE_LAZY] = {"purge_lazy", 1, 0, 1,
+                               "return memory with MADV_FREE (1) or MADV_DONTNEED (0)"},
+};
+
+long bmm__options[BMM_OPTION_COUNT] = {
+    [BMM_OPTION_ABORT_ON_ERROR] = 1,
+    [BMM_OPTION_VERBOSE] = 0,
+    [BMM_OPTION_PURGE_LAZY] = 1,
+};
+
+/* Index of the option named by the first `len` bytes of `name`, compared
+ * without case (so BMM_ABORT_ON_ERROR names abort_on_error), or -1. */
+static int option_find(const char *name, size_t len) {
+  for (int i = 0; i < BMM_OPTION_COUNT; i++) {
+    const char *n = option_desc[i].name;
+    if (strlen(n) != len) continue;
+    size_t k = 0;
+    while (k < len && (name[k] | 0x20) == (n[k] | 0x20)) k++;
+    if (k == len) return i;
+  }
+  return -1;
+}
+
+/* Parse a decimal value (optionally signed; "true"/"false"/"on"/"off"
+ * too) that ends at `end` or at the first ','. */
+static bool option_parse_value(const char *s, const char *end, long *out) {
+  size_t len = (size_t)(end - s);
+  if ((len == 4 && strncmp(s, "true", 4) == 0) || (len == 2 && strncmp(s, "on", 2) == 0)) {
+    *out = 1;
+    return true;
+  }
+  if ((len == 5 && strncmp(s, "false", 5) == 0) || (len == 3 && strncmp(s, "off", 3) == 0)) {
+    *out = 0;
+    return true;
+  }
+  bool neg = false;
+  if (s < end && (*s == '-' || *s == '+')) neg = *s++ == '-';
+  if (s == end) return false;
+  long v = 0;
+  for (; s < end; s++) {
+    if (*s < '0' || *s > '9' || v > (__LONG_MAX__ - 9) / 10) return false;
+    v = v * 10 + (*s - '0');
+  }
+  *out = neg ? -v : v;
+  return true;
+}
+
+static void option_apply(const char *name, size_t name_len, const char *value,
+                         const char *value_end) {
+  int idx = option_find(name, name_len);
+  char shown[64];
+  size_t n = name_len < sizeof shown - 1 ? name_len : sizeof shown - 1;
+  memcpy(shown, name, n);
+  shown[n] = 0;
+  if (idx < 0) {
+    bmm__warning("unknown option ignored", shown);
+    return;
+  }
+  long v;
+  if (!option_parse_value(value, value_end, &v) || v < option_desc[idx].min ||
+      v > option_desc[idx].max) {
+    bmm__warning("bad value for option ignored", shown);
+    return;
+  }
+  bmm__options[idx] = v;
+}
+
+static void option_from_env_var(void *arg, const char *name, size_t name_len,
+                                const char *value) {
+  (void)arg;
+  name += 4; /* "BMM_" */
+  name_len -= 4;
+  if (name_len == 7 && strncmp(name, "OPTIONS", 7) == 0) return; /* done before */
+  option_apply(name, name_len, value, value + strlen(value));
+}
+
+void bmm__options_init(void) {
+  const char *list = bmm__os_getenv("BMM_OPTIONS");
+  while (list != NULL && *list != 0) {
+    const char *end = strchr(list, ',');
+    if (end == NULL) end = list + strlen(list);
+    const char *eq = memchr(list, '=', (size_t)(end - list));
+    if (eq != NULL) option_apply(list, (size_t)(eq - list), eq + 1, end);
+    else if (end > list) option_apply(list, (size_t)(end - list), "1", "1" + 1);
+    list = *end ? end + 1 : end;
+  }
+  bmm__os_env_each("BMM_", option_from_env_var, NULL);
+}
+
+BMM_API long bmm_option_get(const char *name) {
+  int idx = name ? option_find(name, strlen(name)) : -1;
+  return idx < 0 ? -1 : bmm__options[idx];
+}
+
+BMM_API int bmm_option_set(const char *name, long value) {
+  int idx = name ? option_find(name, strlen(name)) : -1;
+  if (idx < 0 || value < option_desc[idx].min || value > option_desc[idx].max) return EINVAL;
+  bmm__options[idx] = value;
+  return 0;
+}

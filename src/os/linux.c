@@ -1,0 +1,202 @@
+/* linux.c: the Linux backend of the OS contract in os.h.
+ *
+ * Reservation strategy: when the kernel overcommits (vm.overcommit_memory 0
+ * or 1, the default), reserved ranges are mapped read+write with
+ * MAP_NORESERVE, so "commit" costs nothing and pages appear on first touch;
+ * under strict accounting (mode 2) they are mapped PROT_NONE and committed
+ * with mprotect, so that reserving 256 MiB arenas does not count against the
+ * commit limit. Nothing here allocates or uses stdio.
+ */
+#define _GNU_SOURCE
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static size_t os_page_size = 4096;
+/* -1 unknown, 0 overcommit (commit is a no-op), 1 strict (mprotect). */
+static int os_strict_commit = -1;
+
+size_t bmm__os_page_size(void) {
+  static bool known;
+  if (!known) {
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0) os_page_size = (size_t)ps;
+    known = true;
+  }
+  return os_page_size;
+}
+
+static bool os_is_strict_commit(void) {
+  if (os_strict_commit < 0) {
+    int strict = 0;
+    int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      char c = 0;
+      if (read(fd, &c, 1) == 1 && c == '2') strict = 1;
+      close(fd);
+    }
+    os_strict_commit = strict;
+  }
+  return os_strict_commit == 1;
+}
+
+static void *os_map(size_t size, bool commit) {
+  int prot = (commit || !os_is_strict_commit()) ? PROT_READ | PROT_WRITE : PROT_NONE;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void *p = mmap(NULL, size, prot, flags, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void *bmm__os_reserve_aligned(size_t size, size_t align, bool commit) {
+  size_t ps = bmm__os_page_size();
+  if (align < ps) align = ps;
+  size = (size + ps - 1) & ~(ps - 1);
+  if (size == 0 || size > SIZE_MAX - align) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  /* Try the plain size first: the kernel often returns an aligned address
+   * (mappings grow down from a high address), and that avoids trimming. */
+  void *p = os_map(size, commit);
+  if (p == NULL) return NULL;
+  if (((uintptr_t)p & (align - 1)) == 0) return p;
+  munmap(p, size);
+  /* Over-reserve and trim both ends to the aligned middle. */
+  size_t over = size + align;
+  uint8_t *q = os_map(over, commit);
+  if (q == NULL) return NULL;
+  uint8_t *aligned = (uint8_t *)(((uintptr_t)q + align - 1) & ~(uintptr_t)(align - 1));
+  size_t head = (size_t)(aligned - q);
+  size_t tail = over - head - size;
+  if (head) munmap(q, head);
+  if (tail) munmap(aligned + size, tail);
+  return aligned;
+}
+
+bool bmm__os_release(void *addr, size_t size) {
+  return munmap(addr, size) == 0;
+}
+
+bool bmm__os_commit(void *addr, size_t size) {
+  if (!os_is_strict_commit()) return true;
+  return mprotect(addr, size, PROT_READ | PROT_WRITE) == 0;
+}
+
+bool bmm__os_decommit(void *addr, size_t size, bool lazy) {
+  if (os_is_strict_commit()) {
+    /* Give the commit charge back too: remap as an inaccessible range. */
+    void *p = mmap(addr, size, PROT_NONE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p != MAP_FAILED;
+  }
+#ifdef MADV_FREE
+  if (lazy && madvise(addr, size, MADV_FREE) == 0) return true;
+#else
+  (void)lazy;
+#endif
+  return madvise(addr, size, MADV_DONTNEED) == 0;
+}
+
+int bmm__os_protect(void *addr, size_t size, int rights) {
+  int prot = 0;
+  if (rights & 1) prot |= PROT_READ;
+  if (rights & 2) prot |= PROT_WRITE;
+  if (rights & 4) prot |= PROT_EXEC;
+  return mprotect(addr, size, prot) == 0 ? 0 : errno;
+}
+
+void bmm__os_write_stderr(const char *text, size_t len) {
+  int saved = errno;
+  while (len > 0) {
+    ssize_t n = write(STDERR_FILENO, text, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    text += n;
+    len -= (size_t)n;
+  }
+  errno = saved;
+}
+
+_Noreturn void bmm__os_abort(void) {
+  abort();
+}
+
+void bmm__os_yield(void) {
+  sched_yield();
+}
+
+const char *bmm__os_getenv(const char *name) {
+  char **env = environ;
+  size_t n = strlen(name);
+  if (env == NULL) return NULL;
+  for (; *env != NULL; env++) {
+    if (strncmp(*env, name, n) == 0 && (*env)[n] == '=') return *env + n + 1;
+  }
+  return NULL;
+}
+
+void bmm__os_env_each(const char *prefix,
+                      void (*fn)(void *arg, const char *name, size_t name_len,
+                                 const char *value),
+                      void *arg) {
+  char **env = environ;
+  size_t n = strlen(prefix);
+  if (env == NULL) return;
+  for (; *env != NULL; env++) {
+    if (strncmp(*env, prefix, n) != 0) continue;
+    const char *eq = strchr(*env, '=');
+    if (eq == NULL) continue;
+    fn(arg, *env, (size_t)(eq - *env), eq + 1);
+  }
+}
+
+static pthread_key_t os_exit_key;
+static atomic_bool os_exit_key_ready;
+
+bool bmm__os_thread_exit_hook_init(void (*fn)(void *)) {
+  if (atomic_load_explicit(&os_exit_key_ready, memory_order_acquire)) return true;
+  if (pthread_key_create(&os_exit_key, fn) != 0) return false;
+  atomic_store_explicit(&os_exit_key_ready, true, memory_order_release);
+  return true;
+}
+
+void bmm__os_thread_exit_hook_arm(void *value) {
+  /* pthread_setspecific may calloc for high key numbers: callers set up
+   * the thread's heap before arming, so that recursion is served. */
+  if (atomic_load_explicit(&os_exit_key_ready, memory_order_acquire))
+    pthread_setspecific(os_exit_key, value);
+}
+
+bool bmm__os_atfork(void (*prepare)(void), void (*parent)(void),
+                    void (*child)(void)) {
+  return pthread_atfork(prepare, parent, child) == 0;
+}
+
+size_t bmm__os_rss(void) {
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[128];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  const char *s = buf;
+  while (*s && *s != ' ') s++; /* skip total size */
+  while (*s == ' ') s++;
+  size_t pages = 0;
+  while (*s >= '0' && *s <= '9') pages = pages * 10 + (size_t)(*s++ - '0');
+  return pages * bmm__os_page_size();
+}

@@ -1,0 +1,96 @@
+/* os.h: the contract between BrainMM and the kernel. Only src/os/ talks to
+ * the OS; every other file goes through these functions.
+ *
+ * Terms: *reserve* takes address space without memory behind it; *commit*
+ * makes a reserved range usable (reads give zero on first touch);
+ * *decommit* gives the physical pages back while keeping the range reserved
+ * (the contents are lost); *release* gives the address space back.
+ * All sizes and addresses passed in are multiples of bmm__os_page_size()
+ * unless a function says otherwise. No function here allocates from the
+ * heap or calls into stdio, so all of them are safe before init and inside
+ * malloc. Each returns false/NULL on failure and leaves errno as the kernel
+ * set it; nothing already mapped is disturbed by a failure.
+ */
+#ifndef BMM_OS_H
+#define BMM_OS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Page size of the system (4 KiB on x86-64; may be 16/64 KiB on arm64). */
+size_t bmm__os_page_size(void);
+
+/* Reserve `size` bytes aligned to `align` (a power of two, >= page size).
+ * With commit=true the range is also committed. Returns NULL on failure. */
+void *bmm__os_reserve_aligned(size_t size, size_t align, bool commit);
+
+/* Release a range from bmm__os_reserve_aligned (or part of it). */
+bool bmm__os_release(void *addr, size_t size);
+
+/* Make a reserved range usable. May be a no-op where the kernel overcommits
+ * (Linux modes 0 and 1): reserved memory there is already readable and
+ * writable and pages appear on first touch. */
+bool bmm__os_commit(void *addr, size_t size);
+
+/* Give the physical memory of a range back; the range stays reserved, and
+ * after bmm__os_commit reads give zeroes (or, with `lazy`, possibly the old
+ * contents: MADV_FREE lets the kernel take them back only under pressure). */
+bool bmm__os_decommit(void *addr, size_t size, bool lazy);
+
+/* Change access rights: BMM_PROT_* bits of brainmm.h semantics
+ * (1 read, 2 write, 4 exec). Returns 0 or an errno value. */
+int bmm__os_protect(void *addr, size_t size, int rights);
+
+/* Write a whole buffer to standard error, without stdio. */
+void bmm__os_write_stderr(const char *text, size_t len);
+
+/* Terminate the process after a detected heap error (SIGABRT). */
+_Noreturn void bmm__os_abort(void);
+
+/* Yield the processor inside a spin loop that is taking long. */
+void bmm__os_yield(void);
+
+/* The value of environment variable `name` without calling getenv (which
+ * may not be ready when the loader calls malloc), or NULL. */
+const char *bmm__os_getenv(const char *name);
+
+/* Call fn(arg, name, value) for every environment variable whose name
+ * starts with `prefix`. */
+void bmm__os_env_each(const char *prefix,
+                      void (*fn)(void *arg, const char *name, size_t name_len,
+                                 const char *value),
+                      void *arg);
+
+/* Register fn to run when a thread exits with `value` as argument; fn is
+ * then also armed for the calling thread. Returns false if it cannot (then
+ * exiting threads leak their heaps' free memory until adopted). */
+bool bmm__os_thread_exit_hook_init(void (*fn)(void *));
+void bmm__os_thread_exit_hook_arm(void *value);
+
+/* Run prepare/parent/child around fork(). */
+bool bmm__os_atfork(void (*prepare)(void), void (*parent)(void),
+                    void (*child)(void));
+
+/* Resident set size of the process in bytes (0 if unknown). */
+size_t bmm__os_rss(void);
+
+/* A number that identifies the calling thread among the living ones and is
+ * never 0. It is the thread's TCB address: one instruction to read, unique
+ * while the thread lives (a later thread may reuse it). */
+static inline uintptr_t bmm__os_thread_id(void) {
+#if defined(__x86_64__) && defined(__linux__)
+  uintptr_t tid;
+  __asm__("movq %%fs:0, %0" : "=r"(tid));
+  return tid;
+#elif defined(__aarch64__)
+  uintptr_t tid;
+  __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tid));
+  return tid;
+#else
+  static _Thread_local char anchor;
+  return (uintptr_t)&anchor;
+#endif
+}
+
+#endif /* BMM_OS_H */

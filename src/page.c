@@ -1,0 +1,131 @@
+/* page.c: a page is a run of units holding blocks of one size class. This
+ * file owns its three free lists and their invariants:
+ *   free        [owner] what malloc pops;
+ *   local_free  [owner] what the owner's free pushes (kept apart so that
+ *               malloc's list is not lengthened under it, and so collection
+ *               is a pointer swap);
+ *   thread_free [atomic] what other threads push, taken by the owner all
+ *               at once.
+ * used counts blocks handed out and not yet collected back, so
+ * used + |free| + |local_free| == capacity holds between calls, with the
+ * blocks on thread_free still counted in used.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Blocks are carved lazily, about one OS page's worth at a time, so a size
+ * class used for a handful of objects costs 4 KiB of RSS, not 64 KiB. */
+#define BMM_PAGE_EXTEND_BYTES 4096
+
+void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
+  size_t bs = bmm__class_size(cls);
+  page->class_idx = (uint16_t)cls;
+  page->block_size = bs;
+  page->reserved = (uint32_t)(page->units * BMM_UNIT_SIZE / bs);
+  page->capacity = 0;
+  page->used = 0;
+  page->free = page->local_free = NULL;
+  page->in_full = 0;
+  page->next = page->prev = NULL;
+  atomic_store_explicit(&page->thread_free, BMM_DF_NORMAL, memory_order_relaxed);
+  atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, heap->tid, memory_order_relaxed);
+  atomic_store_explicit(&page->kind, page->units == 1 ? BMM_PAGE_SMALL : BMM_PAGE_MEDIUM,
+                        memory_order_relaxed);
+}
+
+/* Carve the next blocks of the page into its (empty) free list. */
+void bmm__page_extend(bmm_page_t *page) {
+  bmm_assert(page->free == NULL && page->capacity < page->reserved);
+  size_t bs = page->block_size;
+  size_t n = BMM_PAGE_EXTEND_BYTES / bs;
+  if (n == 0) n = 1;
+  if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
+  uint8_t *first = page->start + (size_t)page->capacity * bs;
+  uint8_t *p = first;
+  for (size_t i = 1; i < n; i++, p += bs) ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
+  ((bmm_block_t *)p)->next = NULL;
+  page->free = (bmm_block_t *)first;
+  page->capacity += (uint32_t)n;
+}
+
+/* Take the blocks other threads freed into the page; returns how many. */
+size_t bmm__page_take_thread_free(bmm_page_t *page) {
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  if ((tf & ~(uintptr_t)BMM_DF_MASK) == 0) return 0;
+  /* acquire: pairs with the release of each remote push, so the next
+   * pointers written by the freeing threads are visible to our walk. */
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
+                                                tf & BMM_DF_MASK, memory_order_acquire,
+                                                memory_order_relaxed)) {
+  }
+  bmm_block_t *head = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
+  bmm_block_t *tail = head;
+  size_t count = 1;
+  while (tail->next != NULL) {
+    tail = tail->next;
+    /* A list longer than the blocks out means a block was freed twice
+     * (the list then has a cycle): stop before walking forever. */
+    if (bmm_unlikely(++count > page->used)) {
+      bmm__error(tail, "free", "double free detected (block freed twice from other threads)");
+      return 0; /* drop the list rather than corrupt the page */
+    }
+  }
+  tail->next = page->local_free;
+  page->local_free = head;
+  page->used -= (uint32_t)count;
+  return count;
+}
+
+/* Gather everything freed into the page so that `free` is refilled. */
+void bmm__page_collect(bmm_page_t *page) {
+  bmm__page_take_thread_free(page);
+  if (page->free == NULL) {
+    page->free = page->local_free;
+    page->local_free = NULL;
+  }
+}
+
+/* Move the page's delayed-free state to `to`, but only if it is now one of
+ * the states in `from_mask` (bits 1 << BMM_DF_*). A remote thread in
+ * FREEING is always waited out: it is about to write the state itself and
+ * it may be touching the owning heap. */
+void bmm__page_set_delayed(bmm_page_t *page, uintptr_t to, unsigned from_mask) {
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+  for (unsigned spins = 0;; spins++) {
+    uintptr_t cur = tf & BMM_DF_MASK;
+    if (cur == BMM_DF_FREEING) {
+      if (spins > 64) bmm__os_yield();
+      tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+      continue;
+    }
+    if (cur == to || !(from_mask & (1u << cur))) return;
+    if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
+                                              (tf & ~(uintptr_t)BMM_DF_MASK) | to,
+                                              memory_order_acq_rel, memory_order_acquire))
+      return;
+  }
+}
+
+/* Full validation of an owned page (the expensive assertion tier). */
+bool bmm__page_is_valid(const bmm_page_t *page) {
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return false;
+  if (page->block_size != bmm__class_size(page->class_idx)) return false;
+  if (page->capacity > page->reserved || page->used > page->capacity) return false;
+  if ((size_t)page->reserved * page->block_size > (size_t)page->units * BMM_UNIT_SIZE)
+    return false;
+  size_t count = 0;
+  const bmm_block_t *lists[2] = {page->free, page->local_free};
+  for (int l = 0; l < 2; l++) {
+    for (const bmm_block_t *b = lists[l]; b != NULL; b = b->next) {
+      uintptr_t off = (uintptr_t)b - (uintptr_t)page->start;
+      if ((uintptr_t)b < (uintptr_t)page->start || off % page->block_size != 0 ||
+          off / page->block_size >= page->capacity)
+        return false;
+      if (++count > page->capacity) return false; /* a cycle */
+    }
+  }
+  return page->used + count == page->capacity;
+}

@@ -1,0 +1,170 @@
+/* types.h: every core struct of BrainMM and the constants that shape them.
+ *
+ * Ownership legend used below:
+ *   [owner]  read and written only by the thread that owns the page/heap;
+ *   [atomic] shared, accessed only with C11 atomics (the order is given at
+ *            each use and explained there);
+ *   [init]   written once before the object is published, read-only after.
+ */
+#ifndef BMM_TYPES_H
+#define BMM_TYPES_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Geometry -------------------------------------------------------- */
+
+/* The unit: arenas hand out memory in 64 KiB units. 64 KiB is the smallest
+ * size that (a) keeps the per-unit descriptor (128 B) at 0.2% overhead,
+ * (b) holds 64 blocks of the largest small class (1 KiB) so a small page is
+ * worth its slow path, and (c) is what Windows' allocation granularity is,
+ * so the same arena code ports unchanged. */
+#define BMM_UNIT_SHIFT 16
+#define BMM_UNIT_SIZE ((size_t)1 << BMM_UNIT_SHIFT)
+
+/* A region is the address-space granule that the region map knows about and
+ * that a pointer is masked to: 256 MiB, aligned to 256 MiB. A region holds
+ * one arena (4096 units), or one huge block. 256 MiB keeps the region map
+ * small (1 MiB of lazily touched BSS covers 2^48 bytes) and still lets a
+ * 256 MiB memory block (API section 4) be an arena run in later work. */
+#define BMM_REGION_SHIFT 28
+#define BMM_REGION_SIZE ((size_t)1 << BMM_REGION_SHIFT)
+#define BMM_REGION_MASK (BMM_REGION_SIZE - 1)
+#define BMM_ARENA_UNITS (BMM_REGION_SIZE / BMM_UNIT_SIZE) /* 4096 */
+#define BMM_ARENA_WORDS (BMM_ARENA_UNITS / 64)
+
+/* User space addresses on x86-64 and arm64 (4-level tables) fit in 48 bits. */
+#define BMM_ADDRESS_BITS 48
+#define BMM_REGION_MAP_SIZE ((size_t)1 << (BMM_ADDRESS_BITS - BMM_REGION_SHIFT))
+
+/* ---- Size classes ---------------------------------------------------- */
+
+/* Every block is a multiple of 16 bytes and 16-aligned. Classes are 16 B
+ * apart up to 256 B, then 8 classes per doubling (spacing 12.5% of the
+ * power of two), so a request never wastes more than 1/9 of its block once
+ * it is above 128 B; below that, 16-byte granularity is what bounds it. */
+#define BMM_ALIGN 16
+#define BMM_SMALL_MAX 1024    /* the direct table covers sizes up to this */
+#define BMM_SMALL_PAGE_MAX 2048 /* classes up to this live in 64 KiB pages */
+#define BMM_MEDIUM_MAX ((size_t)64 * 1024) /* classes end here; larger is "large" */
+#define BMM_MEDIUM_PAGE_UNITS 8 /* a medium page: 512 KiB, >= 8 blocks of 64 KiB */
+#define BMM_DIRECT_COUNT (BMM_SMALL_MAX / BMM_ALIGN + 1)
+#define BMM_CLASS_COUNT 80 /* 16 linear (16..256) + 8 doublings x 8 (..64 KiB) */
+
+/* Large blocks are unit runs inside an arena up to this size; beyond it a
+ * block gets a region of its own ("huge"). 16 MiB = 1/16 of an arena, so a
+ * few long-lived large blocks cannot fragment an arena badly. */
+#define BMM_LARGE_MAX ((size_t)16 * 1024 * 1024)
+
+/* ---- Blocks and pages ------------------------------------------------ */
+
+typedef struct bmm_block_s {
+  struct bmm_block_s *next;
+} bmm_block_t;
+
+typedef struct bmm_heap_s bmm_heap_t;
+typedef struct bmm_page_s bmm_page_t;
+typedef struct bmm_arena_s bmm_arena_t;
+
+typedef enum bmm_page_kind_e {
+  BMM_PAGE_FREE = 0, /* unit not in use (or a header unit) */
+  BMM_PAGE_SMALL,    /* one 64 KiB unit of one size class */
+  BMM_PAGE_MEDIUM,   /* BMM_MEDIUM_PAGE_UNITS units of one size class */
+  BMM_PAGE_LARGE,    /* a run of units holding one block */
+  BMM_PAGE_HUGE,     /* the single block of a huge region */
+} bmm_page_kind_t;
+
+/* Delayed-free state, kept in the low 2 bits of page->thread_free (blocks
+ * are 16-aligned, so those bits are free). It lets a thread that frees into
+ * another thread's *full* page tell the owner, without a lock:
+ *   NORMAL  remote frees just push onto thread_free;
+ *   USE     the page is in its heap's full queue: the next remote free
+ *           pushes its block onto the heap's delayed_free list instead;
+ *   FREEING a remote thread is doing that right now (the heap must not go
+ *           away under it: abandonment waits for this state to clear);
+ *   NEVER   the page is abandoned (no heap): always push onto thread_free. */
+enum {
+  BMM_DF_NORMAL = 0,
+  BMM_DF_USE = 1,
+  BMM_DF_FREEING = 2,
+  BMM_DF_NEVER = 3,
+  BMM_DF_MASK = 3,
+};
+
+/* One descriptor per unit, kept in the arena header (never in the page
+ * itself, so blocks start at offset 0 and power-of-two classes come out
+ * naturally aligned). A page spanning several units uses the descriptor of
+ * its first unit; the others only hold unit_offset. 128 bytes. */
+struct bmm_page_s {
+  /* Read by any thread that frees into the page. */
+  uint32_t unit_offset;       /* [init] units back to the page's first unit */
+  _Atomic(uint8_t) kind;      /* [atomic] bmm_page_kind_t */
+  uint8_t in_full;            /* [owner] page sits in heap->full */
+  uint16_t class_idx;         /* [init] size class, small/medium pages */
+  _Atomic(uintptr_t) tid;     /* [atomic] owning thread, 0 if none */
+  bmm_block_t *free;          /* [owner] blocks ready to hand out */
+  bmm_block_t *local_free;    /* [owner] blocks freed by the owner */
+  uint32_t used;              /* [owner] blocks out, including thread_free */
+  uint32_t capacity;          /* [owner] blocks carved so far */
+  uint32_t reserved;          /* [init] blocks that fit in the page */
+  uint32_t units;             /* [init] units the page spans */
+  size_t block_size;          /* [init] bytes per block (usable size) */
+  uint8_t *start;             /* [init] first byte of the page */
+  _Atomic(uintptr_t) thread_free; /* [atomic] remote frees | BMM_DF_* */
+  _Atomic(bmm_heap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
+  bmm_page_t *next;           /* [owner] heap queue links */
+  bmm_page_t *prev;
+  bmm_page_t *abandoned_next; /* link in the global abandoned list */
+  uint8_t padding[128 - 104];
+};
+
+/* ---- Arenas ---------------------------------------------------------- */
+
+typedef enum bmm_region_kind_e {
+  BMM_REGION_NONE = 0,
+  BMM_REGION_ARENA = 1, /* a region with a bmm_arena_t at its start */
+} bmm_region_kind_t;
+
+/* An arena is one region: this header, then units. A huge block uses the
+ * same header layout so that free() finds its descriptor the same way, but
+ * only the one descriptor is ever touched. */
+struct bmm_arena_s {
+  uint32_t magic;        /* [init] BMM_ARENA_MAGIC or BMM_HUGE_MAGIC */
+  uint32_t index;        /* [init] slot in the arena table */
+  size_t map_size;       /* [init] bytes mapped from the OS for this region */
+  uint8_t *map_base;     /* [init] start of that mapping */
+  _Atomic(size_t) hint;  /* [atomic] word where the last claim succeeded */
+  _Atomic(size_t) used_units; /* [atomic] accounting */
+  _Atomic(uint64_t) used[BMM_ARENA_WORDS];  /* [atomic] 1 = unit claimed */
+  _Atomic(uint64_t) dirty[BMM_ARENA_WORDS]; /* [atomic] 1 = may hold committed memory */
+  bmm_page_t pages[BMM_ARENA_UNITS] __attribute__((aligned(128)));
+};
+
+#define BMM_ARENA_MAGIC 0x41524e41u /* "ARNA" */
+#define BMM_HUGE_MAGIC 0x45475548u  /* "HUGE" */
+#define BMM_ARENA_HEADER_UNITS \
+  ((sizeof(bmm_arena_t) + BMM_UNIT_SIZE - 1) / BMM_UNIT_SIZE)
+
+/* ---- Heaps ----------------------------------------------------------- */
+
+typedef struct bmm_page_queue_s {
+  bmm_page_t *first;
+  bmm_page_t *last;
+} bmm_page_queue_t;
+
+/* A thread's heap. Everything here is [owner] except delayed_free. Heaps are
+ * recycled, never unmapped: a remote thread in BMM_DF_FREEING may still be
+ * reading page->heap while the owner abandons (abandonment waits for it). */
+struct bmm_heap_s {
+  bmm_page_t *direct[BMM_DIRECT_COUNT]; /* (size+15)/16 -> page to try first */
+  bmm_page_queue_t queues[BMM_CLASS_COUNT];
+  bmm_page_queue_t full; /* pages with no free block, out of the search */
+  _Atomic(bmm_block_t *) delayed_free; /* [atomic] blocks freed into full pages */
+  uintptr_t tid;
+  uint32_t arena_hint; /* arena to claim fresh pages from first */
+  bmm_heap_t *pool_next; /* link in the recycled-heap pool */
+};
+
+#endif /* BMM_TYPES_H */
