@@ -156,7 +156,14 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
     size_t first = bits_find_run(arena->used, BMM_ARENA_WORDS, hint, units, align_units);
     if (first == SIZE_MAX) return false;
     if (bits_try_claim(arena->used, first, units)) {
-      atomic_store_explicit(&arena->hint, first >> 6, memory_order_relaxed);
+      /* Move the hint past the words that are now full, no further. */
+      size_t h = hint;
+      while (h < BMM_ARENA_WORDS &&
+             atomic_load_explicit(&arena->used[h], memory_order_relaxed) == ~(uint64_t)0)
+        h++;
+      if (h != hint)
+        atomic_compare_exchange_strong_explicit(&arena->hint, &hint, h, memory_order_relaxed,
+                                                memory_order_relaxed);
       *out = first;
       return true;
     }
@@ -166,7 +173,7 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
 
 /* Claim `units` units aligned to `align_units` from any arena, preferring
  * *arena_hint, and return the descriptor of the run's first unit with
- * unit_offset, units and start set; the caller sets the rest. */
+ * first, units and start set; the caller sets the rest. */
 bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units) {
   if (units == 0 || units > BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS) return NULL;
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
@@ -194,8 +201,7 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
     atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
     *arena_hint = arena->index;
     bmm_page_t *page = &arena->pages[first];
-    for (size_t i = 1; i < units; i++) page[i].unit_offset = (uint32_t)i;
-    page->unit_offset = 0;
+    for (size_t i = 0; i < units; i++) page[i].first = page;
     page->units = (uint32_t)units;
     page->start = addr;
     return page;
@@ -215,6 +221,14 @@ void bmm__arena_page_free(bmm_page_t *page) {
   atomic_store_explicit(&page->kind, BMM_PAGE_FREE, memory_order_relaxed);
   atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
   bits_clear(arena->used, first, units); /* release: descriptor reset first */
+  /* Claims search from the hint: keep it at the lowest word with a free
+   * unit, so freed (still committed) units are reused before untouched ones
+   * and the footprint stays compact. */
+  size_t w = first >> 6, h = atomic_load_explicit(&arena->hint, memory_order_relaxed);
+  while (w < h && !atomic_compare_exchange_weak_explicit(&arena->hint, &h, w,
+                                                         memory_order_relaxed,
+                                                         memory_order_relaxed)) {
+  }
 }
 
 /* Decommit every free unit that may still hold memory. Each run is claimed
@@ -266,7 +280,7 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   h->map_size = total;
   h->index = UINT32_MAX;
   bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
-  page->unit_offset = 0;
+  page->first = page;
   page->units = (uint32_t)((total - offset + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
   page->block_size = total - offset;
   page->start = (uint8_t *)h + offset;
@@ -295,11 +309,11 @@ static bool arena_check(bmm_arena_t *arena) {
       u++;
       continue;
     }
-    if (page->unit_offset != 0 || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
+    if (page->first != page || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
       return false;
     if (page->start != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
     for (size_t i = 0; i < page->units; i++) {
-      if (page[i].unit_offset != i) return false;
+      if (page[i].first != page) return false;
       if (!(atomic_load(&arena->used[(u + i) >> 6]) >> ((u + i) & 63) & 1)) return false;
     }
     u += page->units;

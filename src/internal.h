@@ -81,9 +81,13 @@ bmm_inline bmm_page_t *bmm__page_of(const void *p) {
   if (bmm_unlikely(atomic_load_explicit(&bmm__region_map[r], memory_order_relaxed) !=
                    BMM_REGION_ARENA))
     return NULL;
-  bmm_arena_t *arena = (bmm_arena_t *)(a & ~(uintptr_t)BMM_REGION_MASK);
-  bmm_page_t *page = &arena->pages[(a & BMM_REGION_MASK) >> BMM_UNIT_SHIFT];
-  return page - page->unit_offset;
+  /* The unit's descriptor: region base + offset of pages[] + unit * 128,
+   * with unit * 128 taken from the address by one shift and one mask. */
+  _Static_assert(sizeof(bmm_page_t) == 1 << 7, "descriptor indexing assumes 128 bytes");
+  uintptr_t unit_x128 = (a >> (BMM_UNIT_SHIFT - 7)) & ((BMM_ARENA_UNITS - 1) << 7);
+  const bmm_page_t *unit = (const bmm_page_t *)((a & ~(uintptr_t)BMM_REGION_MASK) +
+                                                offsetof(bmm_arena_t, pages) + unit_x128);
+  return unit->first;
 }
 
 bmm_inline bmm_arena_t *bmm__arena_of_page(const bmm_page_t *page) {

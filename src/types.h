@@ -96,20 +96,21 @@ enum {
 /* One descriptor per unit, kept in the arena header (never in the page
  * itself, so blocks start at offset 0 and power-of-two classes come out
  * naturally aligned). A page spanning several units uses the descriptor of
- * its first unit; the others only hold unit_offset. 128 bytes. */
+ * its first unit; every unit's `first` points there, so free() finds it
+ * with one load. Fields free() reads come first. 128 bytes. */
 struct bmm_page_s {
-  /* Read by any thread that frees into the page. */
-  uint32_t unit_offset;       /* [init] units back to the page's first unit */
-  _Atomic(uint8_t) kind;      /* [atomic] bmm_page_kind_t */
-  uint8_t in_full;            /* [owner] page sits in heap->full */
-  uint16_t class_idx;         /* [init] size class, small/medium pages */
+  bmm_page_t *first;          /* [init] descriptor of the page this unit is in */
   _Atomic(uintptr_t) tid;     /* [atomic] owning thread, 0 if none */
-  bmm_block_t *free;          /* [owner] blocks ready to hand out */
   bmm_block_t *local_free;    /* [owner] blocks freed by the owner */
   uint32_t used;              /* [owner] blocks out, including thread_free */
+  uint8_t in_full;            /* [owner] page sits in heap->full */
+  _Atomic(uint8_t) kind;      /* [atomic] bmm_page_kind_t */
+  uint16_t class_idx;         /* [init] size class, small/medium pages */
+  bmm_block_t *free;          /* [owner] blocks ready to hand out */
   uint32_t capacity;          /* [owner] blocks carved so far */
   uint32_t reserved;          /* [init] blocks that fit in the page */
   uint32_t units;             /* [init] units the page spans */
+  uint32_t unused;
   size_t block_size;          /* [init] bytes per block (usable size) */
   uint8_t *start;             /* [init] first byte of the page */
   _Atomic(uintptr_t) thread_free; /* [atomic] remote frees | BMM_DF_* */
@@ -117,7 +118,7 @@ struct bmm_page_s {
   bmm_page_t *next;           /* [owner] heap queue links */
   bmm_page_t *prev;
   bmm_page_t *abandoned_next; /* link in the global abandoned list */
-  uint8_t padding[128 - 104];
+  uint8_t padding[128 - 112];
 };
 
 /* ---- Arenas ---------------------------------------------------------- */
@@ -135,7 +136,7 @@ struct bmm_arena_s {
   uint32_t index;        /* [init] slot in the arena table */
   size_t map_size;       /* [init] bytes mapped from the OS for this region */
   uint8_t *map_base;     /* [init] start of that mapping */
-  _Atomic(size_t) hint;  /* [atomic] word where the last claim succeeded */
+  _Atomic(size_t) hint;  /* [atomic] lowest word that may have a free unit */
   _Atomic(size_t) used_units; /* [atomic] accounting */
   _Atomic(uint64_t) used[BMM_ARENA_WORDS];  /* [atomic] 1 = unit claimed */
   _Atomic(uint64_t) dirty[BMM_ARENA_WORDS]; /* [atomic] 1 = may hold committed memory */
