@@ -15,7 +15,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
     return NULL;
   }
   if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) return bmm__huge_alloc(size, align);
-  size_t units = (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
+  size_t units = size == 0 ? 1 : (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
   size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
   bmm_heap_t *heap = bmm__heap_tls;
   uint32_t hint = heap->arena_hint;

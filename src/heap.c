@@ -70,11 +70,19 @@ static void heap_queue_push_front(bmm_heap_t *heap, bmm_page_t *page) {
 
 /* A page with no free block leaves the search path. From now on the first
  * remote free into it notifies this heap (delayed state USE). */
+static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page);
+
 static void heap_page_to_full(bmm_heap_t *heap, bmm_page_t *page) {
   heap_queue_remove(heap, page);
   queue_push_front(&heap->full, page);
   page->in_full = 1;
   bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
+  /* A remote free that landed after our last collect but before USE was
+   * set did not notify us: look once more, or it would sit unused. */
+  if (atomic_load_explicit(&page->thread_free, memory_order_relaxed) & ~(uintptr_t)BMM_DF_MASK) {
+    bmm__page_collect(page);
+    if (page->free != NULL) heap_page_unfull(heap, page);
+  }
 }
 
 static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page) {

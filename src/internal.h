@@ -72,8 +72,13 @@ bmm_inline size_t bmm__class_size(size_t c) {
 
 extern _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
 
-/* The page descriptor of the block containing p, or NULL when p is not in
- * a BrainMM region. Never touches memory outside our own metadata. */
+/* The page descriptor of the unit p is in, or NULL when p is not in a
+ * BrainMM region or its unit was never part of a page. Units of a huge
+ * block after its first are never mapped (only the first descriptor is
+ * written), so an interior pointer past a huge block's first 64 KiB gives
+ * NULL; a unit freed and not reclaimed keeps its old `first`, which the
+ * callers' bounds and kind checks reject. Never touches memory outside our
+ * own metadata. */
 bmm_inline bmm_page_t *bmm__page_of(const void *p) {
   uintptr_t a = (uintptr_t)p;
   uintptr_t r = a >> BMM_REGION_SHIFT;
