@@ -173,7 +173,7 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
 
 /* Claim `units` units aligned to `align_units` from any arena, preferring
  * *arena_hint, and return the descriptor of the run's first unit with
- * first, units and start set; the caller sets the rest. */
+ * first_delta, units and start set; the caller sets the rest. */
 bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units) {
   if (units == 0 || units > BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS) return NULL;
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
@@ -201,7 +201,7 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
     atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
     *arena_hint = arena->index;
     bmm_page_t *page = &arena->pages[first];
-    for (size_t i = 0; i < units; i++) page[i].first = page;
+    for (size_t i = 0; i < units; i++) page[i].first_delta = i * sizeof(bmm_page_t);
     page->units = (uint32_t)units;
     page->start = addr;
     return page;
@@ -280,7 +280,7 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   h->map_size = total;
   h->index = UINT32_MAX;
   bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
-  page->first = page;
+  page->first_delta = 0;
   page->units = (uint32_t)((total - offset + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
   page->block_size = total - offset;
   page->start = (uint8_t *)h + offset;
@@ -309,11 +309,11 @@ static bool arena_check(bmm_arena_t *arena) {
       u++;
       continue;
     }
-    if (page->first != page || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
+    if (page->first_delta != 0 || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
       return false;
     if (page->start != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
     for (size_t i = 0; i < page->units; i++) {
-      if (page[i].first != page) return false;
+      if (page[i].first_delta != i * sizeof(bmm_page_t)) return false;
       if (!(atomic_load(&arena->used[(u + i) >> 6]) >> ((u + i) & 63) & 1)) return false;
     }
     u += page->units;

@@ -46,11 +46,11 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   }
 }
 
-/* True if p is the start of a block of `page` (not an interior pointer). */
+/* True if p is the start of a block of small/medium `page`. */
 static bool is_block_start(const bmm_page_t *page, const void *p) {
-  uintptr_t off = (uintptr_t)p - (uintptr_t)page->start;
-  return (uintptr_t)p >= (uintptr_t)page->start && off % page->block_size == 0 &&
-         off / page->block_size < page->reserved;
+  return (uintptr_t)p >= (uintptr_t)page->start &&
+         (uintptr_t)p - (uintptr_t)page->start < (size_t)page->units * BMM_UNIT_SIZE &&
+         bmm__page_block_index(page, p) < page->reserved;
 }
 
 bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
@@ -67,7 +67,9 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       bmm__error(p, call, "pointer into the middle of a block");
       return;
     }
-    if (atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id())
+    /* Our own page, full (tid bit 0 set) or not. */
+    if ((atomic_load_explicit(&page->tid, memory_order_relaxed) & ~(uintptr_t)1) ==
+        bmm__os_thread_id())
       bmm__free_local(page, p);
     else
       free_remote(page, (bmm_block_t *)p);

@@ -73,26 +73,44 @@ bmm_inline size_t bmm__class_size(size_t c) {
 extern _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
 
 /* The page descriptor of the unit p is in, or NULL when p is not in a
- * BrainMM region or its unit was never part of a page. Units of a huge
- * block after its first are never mapped (only the first descriptor is
- * written), so an interior pointer past a huge block's first 64 KiB gives
- * NULL; a unit freed and not reclaimed keeps its old `first`, which the
- * callers' bounds and kind checks reject. Never touches memory outside our
- * own metadata. */
-bmm_inline bmm_page_t *bmm__page_of(const void *p) {
-  uintptr_t a = (uintptr_t)p;
-  uintptr_t r = a >> BMM_REGION_SHIFT;
-  if (bmm_unlikely(r >= BMM_REGION_MAP_SIZE)) return NULL;
-  if (bmm_unlikely(atomic_load_explicit(&bmm__region_map[r], memory_order_relaxed) !=
-                   BMM_REGION_ARENA))
-    return NULL;
-  /* The unit's descriptor: region base + offset of pages[] + unit * 128,
-   * with unit * 128 taken from the address by one shift and one mask. */
+ * BrainMM region. A unit that is not part of a live page gives a
+ * descriptor of kind FREE (never used: its own; freed: its old page's,
+ * which the callers' kind and bounds checks reject); so do the units of a
+ * huge block after its first, which are never mapped. Never touches memory
+ * outside our own metadata. */
+/* True when p lies in a region holding a BrainMM arena or huge block. */
+bmm_inline bool bmm__is_ours(const void *p) {
+  uintptr_t r = (uintptr_t)p >> BMM_REGION_SHIFT;
+  return bmm_likely(r < BMM_REGION_MAP_SIZE) &&
+         atomic_load_explicit(&bmm__region_map[r], memory_order_relaxed) == BMM_REGION_ARENA;
+}
+
+/* bmm__page_of for a p that bmm__is_ours. The unit's descriptor: region
+ * base + offset of pages[] + unit * 128, with unit * 128 taken from the
+ * address by one shift and one mask; then back by first_delta. */
+bmm_inline bmm_page_t *bmm__page_of_ours(const void *p) {
   _Static_assert(sizeof(bmm_page_t) == 1 << 7, "descriptor indexing assumes 128 bytes");
+  uintptr_t a = (uintptr_t)p;
   uintptr_t unit_x128 = (a >> (BMM_UNIT_SHIFT - 7)) & ((BMM_ARENA_UNITS - 1) << 7);
-  const bmm_page_t *unit = (const bmm_page_t *)((a & ~(uintptr_t)BMM_REGION_MASK) +
-                                                offsetof(bmm_arena_t, pages) + unit_x128);
-  return unit->first;
+  uintptr_t unit = (a & ~(uintptr_t)BMM_REGION_MASK) + offsetof(bmm_arena_t, pages) + unit_x128;
+  return (bmm_page_t *)(unit - ((const bmm_page_t *)unit)->first_delta);
+}
+
+bmm_inline bmm_page_t *bmm__page_of(const void *p) {
+  return bmm__is_ours(p) ? bmm__page_of_ours(p) : NULL;
+}
+
+/* Index of the block p starts in a small/medium page, or a value >=
+ * page->reserved when p is not a block start (an interior pointer, or the
+ * slack after the last block). No division: with block_size = m * 2^k, m
+ * odd, a multiple n of block_size gives n * m^-1 mod 2^32 = (n / block_size)
+ * << k exactly, and rotating right by k yields n / block_size; for any
+ * other n the rotation leaves high bits set, far above `reserved`. Page
+ * offsets are below 2^32, so 32-bit arithmetic is exact. */
+bmm_inline uint32_t bmm__page_block_index(const bmm_page_t *page, const void *p) {
+  uint32_t n = (uint32_t)((uintptr_t)p - (uintptr_t)page->start) * page->block_inv;
+  uint32_t k = page->block_shift;
+  return (n >> k) | (n << ((32 - k) & 31));
 }
 
 bmm_inline bmm_arena_t *bmm__arena_of_page(const bmm_page_t *page) {

@@ -94,13 +94,14 @@ static void option_from_env_var(void *arg, const char *name, size_t name_len,
 }
 
 void bmm__options_init(void) {
+  static const char one[] = "1"; /* a bare name in BMM_OPTIONS means name=1 */
   const char *list = bmm__os_getenv("BMM_OPTIONS");
   while (list != NULL && *list != 0) {
     const char *end = strchr(list, ',');
     if (end == NULL) end = list + strlen(list);
     const char *eq = memchr(list, '=', (size_t)(end - list));
     if (eq != NULL) option_apply(list, (size_t)(eq - list), eq + 1, end);
-    else if (end > list) option_apply(list, (size_t)(end - list), "1", "1" + 1);
+    else if (end > list) option_apply(list, (size_t)(end - list), one, one + 1);
     list = *end ? end + 1 : end;
   }
   bmm__os_env_each("BMM_", option_from_env_var, NULL);

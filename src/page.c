@@ -18,10 +18,20 @@
  * class used for a handful of objects costs 4 KiB of RSS, not 64 KiB. */
 #define BMM_PAGE_EXTEND_BYTES 4096
 
+/* Inverse of an odd m modulo 2^32, by Newton's iteration (each step
+ * doubles the correct low bits; m * m == 1 mod 8 gives 3 to start). */
+static uint32_t odd_inverse(uint32_t m) {
+  uint32_t x = m;
+  for (int i = 0; i < 4; i++) x *= 2 - m * x;
+  return x;
+}
+
 void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
   page->class_idx = (uint16_t)cls;
   page->block_size = bs;
+  page->block_shift = (uint8_t)__builtin_ctzll(bs);
+  page->block_inv = odd_inverse((uint32_t)(bs >> page->block_shift));
   page->reserved = (uint32_t)(page->units * BMM_UNIT_SIZE / bs);
   page->capacity = 0;
   page->used = 0;
@@ -35,9 +45,9 @@ void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
                         memory_order_relaxed);
 }
 
-/* Carve the next blocks of the page into its (empty) free list. */
+/* Carve the next blocks of the page onto the front of its free list. */
 void bmm__page_extend(bmm_page_t *page) {
-  bmm_assert(page->free == NULL && page->capacity < page->reserved);
+  bmm_assert(page->capacity < page->reserved);
   size_t bs = page->block_size;
   size_t n = BMM_PAGE_EXTEND_BYTES / bs;
   if (n == 0) n = 1;
@@ -45,7 +55,7 @@ void bmm__page_extend(bmm_page_t *page) {
   uint8_t *first = page->start + (size_t)page->capacity * bs;
   uint8_t *p = first;
   for (size_t i = 1; i < n; i++, p += bs) ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
-  ((bmm_block_t *)p)->next = NULL;
+  ((bmm_block_t *)p)->next = page->free;
   page->free = (bmm_block_t *)first;
   page->capacity += (uint32_t)n;
 }

@@ -96,29 +96,35 @@ enum {
 /* One descriptor per unit, kept in the arena header (never in the page
  * itself, so blocks start at offset 0 and power-of-two classes come out
  * naturally aligned). A page spanning several units uses the descriptor of
- * its first unit; every unit's `first` points there, so free() finds it
- * with one load. Fields free() reads come first. 128 bytes. */
+ * its first unit; every unit's first_delta says how far back that is, so
+ * free() finds it with one load, and a unit never used (zero memory) leads
+ * to itself: a descriptor of kind FREE owned by no thread. 128 bytes. */
 struct bmm_page_s {
-  bmm_page_t *first;          /* [init] descriptor of the page this unit is in */
-  _Atomic(uintptr_t) tid;     /* [atomic] owning thread, 0 if none */
+  /* First cache line: what the free fast path reads. */
+  uintptr_t first_delta;      /* [init] bytes back to its page's first descriptor */
+  _Atomic(uintptr_t) tid;     /* [atomic] owning thread (| 1 when in_full), 0 if none */
   bmm_block_t *local_free;    /* [owner] blocks freed by the owner */
+  uint8_t *start;             /* [init] first byte of the page */
   uint32_t used;              /* [owner] blocks out, including thread_free */
-  uint8_t in_full;            /* [owner] page sits in heap->full */
+  uint32_t reserved;          /* [init] blocks that fit in the page */
+  uint32_t block_inv;         /* [init] inverse of block_size's odd part mod 2^32 */
+  uint8_t in_full;            /* [owner] page sits in heap->full (also tid bit 0) */
   _Atomic(uint8_t) kind;      /* [atomic] bmm_page_kind_t */
   uint16_t class_idx;         /* [init] size class, small/medium pages */
   bmm_block_t *free;          /* [owner] blocks ready to hand out */
+  uint8_t block_shift;        /* [init] trailing zero bits of block_size */
+  uint8_t unused8[3];
   uint32_t capacity;          /* [owner] blocks carved so far */
-  uint32_t reserved;          /* [init] blocks that fit in the page */
+  /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */
-  uint32_t unused;
+  uint32_t unused32;
   size_t block_size;          /* [init] bytes per block (usable size) */
-  uint8_t *start;             /* [init] first byte of the page */
   _Atomic(uintptr_t) thread_free; /* [atomic] remote frees | BMM_DF_* */
   _Atomic(bmm_heap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
   bmm_page_t *next;           /* [owner] heap queue links */
   bmm_page_t *prev;
   bmm_page_t *abandoned_next; /* link in the global abandoned list */
-  uint8_t padding[128 - 112];
+  uint8_t padding[128 - 120];
 };
 
 /* ---- Arenas ---------------------------------------------------------- */

@@ -23,32 +23,35 @@
 
 extern char **environ;
 
-static size_t os_page_size = 4096;
+/* Both computed on first use by whichever thread comes first; every thread
+ * computes the same value, so relaxed atomics are enough. */
+static atomic_size_t os_page_size;
 /* -1 unknown, 0 overcommit (commit is a no-op), 1 strict (mprotect). */
-static int os_strict_commit = -1;
+static atomic_int os_strict_commit = -1;
 
 size_t bmm__os_page_size(void) {
-  static bool known;
-  if (!known) {
-    long ps = sysconf(_SC_PAGESIZE);
-    if (ps > 0) os_page_size = (size_t)ps;
-    known = true;
+  size_t ps = atomic_load_explicit(&os_page_size, memory_order_relaxed);
+  if (ps == 0) {
+    long v = sysconf(_SC_PAGESIZE);
+    ps = v > 0 ? (size_t)v : 4096;
+    atomic_store_explicit(&os_page_size, ps, memory_order_relaxed);
   }
-  return os_page_size;
+  return ps;
 }
 
 static bool os_is_strict_commit(void) {
-  if (os_strict_commit < 0) {
-    int strict = 0;
+  int strict = atomic_load_explicit(&os_strict_commit, memory_order_relaxed);
+  if (strict < 0) {
+    strict = 0;
     int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
       char c = 0;
       if (read(fd, &c, 1) == 1 && c == '2') strict = 1;
       close(fd);
     }
-    os_strict_commit = strict;
+    atomic_store_explicit(&os_strict_commit, strict, memory_order_relaxed);
   }
-  return os_strict_commit == 1;
+  return strict == 1;
 }
 
 static void *os_map(size_t size, bool commit) {

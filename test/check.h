@@ -1,0 +1,168 @@
+/* check.h - a tiny header-only test harness for the BrainMM tests.
+ *
+ *   CHECK(cond)              counts a pass, or prints file:line, the
+ *                            expression and errno to stderr and counts a
+ *                            failure; the test goes on either way.
+ *   CHECK_EQ_SZ(a, b)        like CHECK(a == b) for size_t values, printing
+ *                            both values on failure.
+ *   CHECK_EQ_LONG(a, b)      the same for long values (error codes, options).
+ *   CHECK_ERRNO(expr, err)   evaluates the pointer expression with errno
+ *                            cleared first and checks it gave NULL with
+ *                            errno == err. Evaluates to the pointer, so a
+ *                            caller can free an unexpected non-NULL result.
+ *   check_failed_count()     failures so far (a forked child reports them
+ *                            through its exit status).
+ *   check_done()             prints "N passed, N failed" on a line of its own
+ *                            to stdout and returns the exit code (0 when
+ *                            nothing failed, 1 otherwise).
+ *
+ * The counters are atomic, so checks may run on any thread. The harness never
+ * allocates memory: messages are formatted into a stack buffer and written
+ * with write(2), so no stdio buffer is ever created by it. After
+ * CHECK_MAX_PRINTED failures it stops printing details (they are still
+ * counted), so a corrupted heap cannot flood the log.
+ */
+#ifndef BRAINMM_TEST_CHECK_H
+#define BRAINMM_TEST_CHECK_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#ifndef CHECK_MAX_PRINTED
+#define CHECK_MAX_PRINTED 50
+#endif
+
+struct check_state {
+  atomic_ulong passed;
+  atomic_ulong failed;
+};
+
+/* One state per program: every test program is a single translation unit. */
+static inline struct check_state *check_state(void) {
+  static struct check_state state;
+  return &state;
+}
+
+/* Formats into a stack buffer and writes it to fd in one write(2) call where
+ * possible, so lines from several threads do not interleave. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static inline void check_print(int fd, const char *fmt, ...) {
+  char buf[768];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    return;
+  size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+  const char *q = buf;
+  while (len > 0) {
+    ssize_t w = write(fd, q, len);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR)
+        continue;
+      return;
+    }
+    q += w;
+    len -= (size_t)w;
+  }
+}
+
+static inline void check_pass(void) {
+  atomic_fetch_add_explicit(&check_state()->passed, 1, memory_order_relaxed);
+}
+
+/* Counts a failure; returns nonzero while details should still be printed. */
+static inline int check_fail(void) {
+  unsigned long n =
+      atomic_fetch_add_explicit(&check_state()->failed, 1, memory_order_relaxed);
+  if (n == CHECK_MAX_PRINTED)
+    check_print(2, "check: more than %d failures, no more details printed\n",
+            CHECK_MAX_PRINTED);
+  return n < CHECK_MAX_PRINTED;
+}
+
+static inline int check_bool(int ok, const char *file, int line,
+                             const char *expr) {
+  int saved_errno = errno;
+  if (ok) {
+    check_pass();
+  } else if (check_fail()) {
+    check_print(2, "%s:%d: CHECK failed: %s (errno=%d)\n", file, line, expr,
+            saved_errno);
+  }
+  errno = saved_errno;
+  return ok;
+}
+
+static inline int check_eq_sz(size_t a, size_t b, const char *file, int line,
+                              const char *ea, const char *eb) {
+  int saved_errno = errno;
+  int ok = a == b;
+  if (ok) {
+    check_pass();
+  } else if (check_fail()) {
+    check_print(2, "%s:%d: CHECK_EQ_SZ failed: %s == %s (%zu != %zu) (errno=%d)\n",
+            file, line, ea, eb, a, b, saved_errno);
+  }
+  errno = saved_errno;
+  return ok;
+}
+
+static inline int check_eq_long(long a, long b, const char *file, int line,
+                                const char *ea, const char *eb) {
+  int saved_errno = errno;
+  int ok = a == b;
+  if (ok) {
+    check_pass();
+  } else if (check_fail()) {
+    check_print(2, "%s:%d: CHECK_EQ_LONG failed: %s == %s (%ld != %ld) (errno=%d)\n",
+            file, line, ea, eb, a, b, saved_errno);
+  }
+  errno = saved_errno;
+  return ok;
+}
+
+/* Called after `expr` was evaluated (the macro sequences it before the call),
+ * so errno here is what `expr` left behind. */
+static inline void *check_errno_ptr(void *p, int want, const char *file,
+                                    int line, const char *expr) {
+  int got = errno;
+  if (p == NULL && got == want) {
+    check_pass();
+  } else if (check_fail()) {
+    check_print(2, "%s:%d: CHECK_ERRNO failed: %s returned %p with errno=%d, "
+                    "expected NULL with errno=%d\n",
+            file, line, expr, p, got, want);
+  }
+  errno = got;
+  return p;
+}
+
+#define CHECK(cond) check_bool(!!(cond), __FILE__, __LINE__, #cond)
+#define CHECK_EQ_SZ(a, b) \
+  check_eq_sz((size_t)(a), (size_t)(b), __FILE__, __LINE__, #a, #b)
+#define CHECK_EQ_LONG(a, b) \
+  check_eq_long((long)(a), (long)(b), __FILE__, __LINE__, #a, #b)
+#define CHECK_ERRNO(expr, err) \
+  (errno = 0, check_errno_ptr((void *)(expr), (err), __FILE__, __LINE__, #expr))
+
+static inline unsigned long check_failed_count(void) {
+  return atomic_load(&check_state()->failed);
+}
+
+static inline int check_done(void) {
+  unsigned long passed = atomic_load(&check_state()->passed);
+  unsigned long failed = atomic_load(&check_state()->failed);
+  fflush(stdout); /* the test's own output first, if it used stdio */
+  check_print(1, "%lu passed, %lu failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
+
+#endif /* BRAINMM_TEST_CHECK_H */

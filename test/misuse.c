@@ -1,0 +1,163 @@
+/* misuse.c: heap misuse that BrainMM detects even without secure mode. Each
+ * case runs in a child process: a free or realloc of a stack pointer, of a
+ * static object, of memory from mmap, of a pointer into the middle of a
+ * small, medium or large block, and a second free of a large block. The
+ * child must die of SIGABRT after printing exactly one diagnostic line
+ * naming the call and the address. Then the same cases run with
+ * abort_on_error=0 in one process: each call is reported and ignored, and
+ * the heap stays sound and usable.
+ */
+#define _GNU_SOURCE
+#include <brainmm.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static char static_object[64];
+
+typedef enum {
+  FREE_STACK,
+  FREE_STATIC,
+  FREE_MMAP,
+  FREE_INTERIOR_SMALL,
+  FREE_INTERIOR_MEDIUM,
+  FREE_INTERIOR_LARGE,
+  DOUBLE_FREE_LARGE,
+  REALLOC_STACK,
+  REALLOC_INTERIOR,
+  CASE_COUNT
+} misuse_t;
+
+static const char *const case_name[CASE_COUNT] = {
+    "free(stack)",          "free(static)",         "free(mmap)",
+    "free(interior small)", "free(interior medium)", "free(interior large)",
+    "double free large",    "realloc(stack)",       "realloc(interior)"};
+static const char *const case_call[CASE_COUNT] = {"free(",    "free(", "free(", "free(",
+                                                  "free(",    "free(", "free(", "realloc(",
+                                                  "realloc("};
+
+/* Does one misuse; returns the address it passed. */
+static void *do_misuse(misuse_t c) {
+  char on_stack[32];
+  void *bad = NULL;
+  switch (c) {
+  case FREE_STACK:
+    bad = on_stack;
+    bmm_free(bad);
+    break;
+  case FREE_STATIC:
+    bad = static_object;
+    bmm_free(bad);
+    break;
+  case FREE_MMAP: {
+    void *m = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    bad = m;
+    bmm_free(bad);
+    break;
+  }
+  case FREE_INTERIOR_SMALL:
+    bad = (char *)bmm_malloc(100) + 16;
+    bmm_free(bad);
+    break;
+  case FREE_INTERIOR_MEDIUM:
+    bad = (char *)bmm_malloc(20000) + 4096;
+    bmm_free(bad);
+    break;
+  case FREE_INTERIOR_LARGE:
+    bad = (char *)bmm_malloc(1 << 20) + 65536;
+    bmm_free(bad);
+    break;
+  case DOUBLE_FREE_LARGE: {
+    void *p = bmm_malloc(1 << 20);
+    bmm_free(p);
+    bad = p;
+    bmm_free(bad);
+    break;
+  }
+  case REALLOC_STACK:
+    bad = on_stack;
+    CHECK(bmm_realloc(bad, 100) == NULL);
+    break;
+  case REALLOC_INTERIOR:
+    bad = (char *)bmm_malloc(64) + 16;
+    CHECK(bmm_realloc(bad, 100) == NULL);
+    break;
+  default:
+    break;
+  }
+  return bad;
+}
+
+/* Run case c in a child with stderr captured; check it aborted after one
+ * line naming the call. */
+static void check_aborts(misuse_t c) {
+  int fds[2];
+  CHECK(pipe(fds) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    signal(SIGABRT, SIG_DFL);
+    do_misuse(c);
+    _exit(0); /* not reached when the misuse is caught */
+  }
+  close(fds[1]);
+  char buf[1024];
+  size_t len = 0;
+  ssize_t n;
+  while (len < sizeof buf - 1 && (n = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
+    len += (size_t)n;
+  buf[len] = 0;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  int aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+  int lines = 0;
+  for (size_t i = 0; i < len; i++) lines += buf[i] == '\n';
+  int named = strstr(buf, "brainmm: error: ") != NULL && strstr(buf, case_call[c]) != NULL &&
+              strstr(buf, "0x") != NULL;
+  if (!aborted || lines != 1 || !named)
+    fprintf(stderr, "misuse: %s: status %#x, %d lines: %s\n", case_name[c], status, lines, buf);
+  CHECK(aborted);
+  CHECK(lines == 1);
+  CHECK(named);
+}
+
+int main(void) {
+  for (int c = 0; c < CASE_COUNT; c++) check_aborts((misuse_t)c);
+
+  /* abort_on_error=0: every call is reported and ignored; the heap stays
+   * sound. stderr goes to /dev/null for this part (the lines were checked
+   * above). */
+  CHECK(bmm_option_set("abort_on_error", 0) == 0);
+  CHECK(bmm_option_get("abort_on_error") == 0);
+  int saved = dup(STDERR_FILENO);
+  FILE *null = freopen("/dev/null", "w", stderr);
+  (void)null;
+  void *keep[64];
+  for (int i = 0; i < 64; i++) {
+    keep[i] = bmm_malloc((size_t)i * 40 + 1);
+    memset(keep[i], i, (size_t)i * 40 + 1);
+  }
+  for (int c = 0; c < CASE_COUNT; c++) do_misuse((misuse_t)c);
+  dup2(saved, STDERR_FILENO);
+  for (int i = 0; i < 64; i++) {
+    unsigned char *p = keep[i];
+    int intact = 1;
+    for (int k = 0; k < i * 40 + 1; k++) intact &= p[k] == (unsigned char)i;
+    CHECK(intact);
+    bmm_free(p);
+  }
+  CHECK(bmm_heap_check());
+  void *p = bmm_malloc(1000);
+  CHECK(p != NULL);
+  bmm_free(p);
+  return check_done();
+}

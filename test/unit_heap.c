@@ -1,0 +1,459 @@
+/* unit_heap.c: white-box test of the heap layer (src/heap.c) through the
+ * public bmm_ API, looking at the heap's internals after each step. It
+ * checks:
+ *   - bmm__heap_tls is &bmm__heap_empty in a thread (and in main) before its
+ *     first allocation, and a heap of its own with its thread id after;
+ *   - the direct table: for every size 0..1024 the entry (size + 15) / 16
+ *     points to the first page of the queue of the size's class, and that
+ *     is the page the allocation came from;
+ *   - 48-byte blocks filling several pages: every exhausted page sits in
+ *     heap->full (in_full set, delayed state USE, in no class queue); a free
+ *     by the owner into a full page moves it back to its queue (in_full
+ *     clear, state NORMAL);
+ *   - a free from another thread into a full page reaches the owner through
+ *     heap->delayed_free (the next such free goes to the page's thread_free
+ *     list); bmm_collect(false), or the owner's next malloc slow path, takes
+ *     the page out of the full queue;
+ *   - freeing everything retires all pages but the first of the queue, and
+ *     bmm_collect(true) returns that one too (kind BMM_PAGE_FREE);
+ *   - thread exit abandons pages that still hold blocks (tid 0, heap NULL,
+ *     delayed state NEVER), frees into them still work, and a new thread
+ *     allocating the same class adopts them (tid and heap become its own);
+ *     once all their blocks are freed, bmm_collect(true) returns them;
+ *   - aligned requests: alignments 32 B..64 KiB come from a heap page whose
+ *     class is a multiple of the alignment; larger ones from aligned unit
+ *     runs or huge regions, for size 0 too;
+ *   - bmm_heap_check() after every step, in every thread.
+ * The test links brainmm_internal (no malloc override): bmm_malloc is only
+ * called directly.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <string.h>
+
+#include "../src/internal.h" /* src/ is not on the test targets' include path */
+#include "check.h"
+
+#define HEAP_OK() CHECK(bmm_heap_check())
+
+static uintptr_t df_state(bmm_page_t *page) {
+  return atomic_load(&page->thread_free) & BMM_DF_MASK;
+}
+
+static uintptr_t df_list(bmm_page_t *page) {
+  return atomic_load(&page->thread_free) & ~(uintptr_t)BMM_DF_MASK;
+}
+
+static bool in_queue(const bmm_page_queue_t *q, const bmm_page_t *page) {
+  for (const bmm_page_t *p = q->first; p != NULL; p = p->next)
+    if (p == page) return true;
+  return false;
+}
+
+static size_t count_class(const bmm_page_queue_t *q, size_t cls) {
+  size_t n = 0;
+  for (const bmm_page_t *p = q->first; p != NULL; p = p->next)
+    n += p->class_idx == cls;
+  return n;
+}
+
+/* Run fn(arg) in a new thread and wait for it. */
+static void in_thread(void *(*fn)(void *), void *arg) {
+  pthread_t t;
+  if (CHECK(pthread_create(&t, NULL, fn, arg) == 0)) pthread_join(t, NULL);
+}
+
+/* ---- First allocation of a thread ------------------------------------ */
+
+static void *first_alloc_thread(void *arg) {
+  (void)arg;
+  CHECK(bmm__heap_tls == &bmm__heap_empty);
+  HEAP_OK(); /* the empty heap is trivially fine */
+  void *p = bmm_malloc(1);
+  CHECK(p != NULL);
+  bmm_heap_t *heap = bmm__heap_tls;
+  CHECK(heap != &bmm__heap_empty);
+  CHECK_EQ_SZ(heap->tid, bmm__os_thread_id());
+  bmm_page_t *page = bmm__page_of(p);
+  CHECK(page != NULL && atomic_load(&page->heap) == heap);
+  CHECK(page != NULL && atomic_load(&page->tid) == bmm__os_thread_id());
+  HEAP_OK();
+  bmm_free(p);
+  HEAP_OK();
+  return NULL;
+}
+
+/* ---- Direct table ---------------------------------------------------- */
+
+static void check_direct(void) {
+  static void *blocks[BMM_DIRECT_COUNT];
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
+    blocks[i] = bmm_malloc(i * BMM_ALIGN);
+    CHECK(blocks[i] != NULL);
+  }
+  HEAP_OK();
+  bmm_heap_t *heap = bmm__heap_tls;
+  size_t bad_entry = 0, bad_source = 0, bad_size = 0;
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
+    size_t cls = bmm__class_of(i * BMM_ALIGN);
+    bmm_page_t *first = heap->queues[cls].first;
+    if (first == NULL || heap->direct[i] != first) bad_entry++;
+    if (bmm__page_of(blocks[i]) != first) bad_source++;
+  }
+  for (size_t size = 0; size <= BMM_SMALL_MAX; size++) {
+    bmm_page_t *page = heap->direct[(size + BMM_ALIGN - 1) / BMM_ALIGN];
+    if (page->block_size < size || page->block_size != bmm__class_size(bmm__class_of(size)))
+      bad_size++;
+  }
+  CHECK_EQ_SZ(bad_entry, 0);
+  CHECK_EQ_SZ(bad_source, 0);
+  CHECK_EQ_SZ(bad_size, 0);
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++)
+    bmm_free(blocks[i]);
+  HEAP_OK();
+  /* Each class keeps its (now empty) first page: the entries still point
+   * there, so the next allocation is a fast one. */
+  bad_entry = 0;
+  for (size_t i = 0; i < BMM_DIRECT_COUNT; i++)
+    if (heap->direct[i] == &bmm__page_empty) bad_entry++;
+  CHECK_EQ_SZ(bad_entry, 0);
+}
+
+/* ---- Full pages and delayed frees ------------------------------------ */
+
+#define MAX48 (6 * (BMM_UNIT_SIZE / 48))
+static void *b48[MAX48];
+static bool b48_freed[MAX48];
+static size_t n48;
+
+/* Index in b48 of a live block of `page`, or SIZE_MAX. */
+static size_t block_of(const bmm_page_t *page) {
+  for (size_t i = 0; i < n48; i++)
+    if (!b48_freed[i] && bmm__page_of(b48[i]) == page) return i;
+  return SIZE_MAX;
+}
+
+static void *remote_free_thread(void *arg) {
+  bmm_free(arg);
+  return NULL;
+}
+
+/* The n-th page (from the front) of the full queue that has class cls. */
+static bmm_page_t *full_page(bmm_heap_t *heap, size_t cls, size_t nth) {
+  for (bmm_page_t *p = heap->full.first; p != NULL; p = p->next)
+    if (p->class_idx == cls && nth-- == 0) return p;
+  return NULL;
+}
+
+static void check_full_and_delayed(void) {
+  bmm_heap_t *heap = bmm__heap_tls;
+  size_t cls = bmm__class_of(48);
+  size_t per_page = BMM_UNIT_SIZE / 48;
+  n48 = 4 * per_page + 10;
+  for (size_t i = 0; i < n48; i++) {
+    b48[i] = bmm_malloc(48);
+    if (!CHECK(b48[i] != NULL)) return;
+  }
+  HEAP_OK();
+  size_t nfull = count_class(&heap->full, cls);
+  CHECK(nfull >= 3);
+  size_t bad_full = 0;
+  for (bmm_page_t *p = heap->full.first; p != NULL; p = p->next) {
+    if (!p->in_full || p->free != NULL || p->used != p->reserved || p->capacity != p->reserved ||
+        df_state(p) != BMM_DF_USE || in_queue(&heap->queues[p->class_idx], p))
+      bad_full++;
+  }
+  CHECK_EQ_SZ(bad_full, 0);
+  bmm_page_t *current = heap->queues[cls].first;
+  CHECK(current != NULL && !current->in_full && current->free != NULL);
+  CHECK(heap->direct[3] == current);
+
+  /* The owner frees into a full page: it goes to the back of its queue
+   * (malloc stays on the current page), out of the full queue, and remote
+   * frees need no notice. */
+  bmm_page_t *p1 = full_page(heap, cls, 0);
+  size_t i1 = block_of(p1);
+  if (CHECK(p1 != NULL && i1 != SIZE_MAX)) {
+    bmm_free(b48[i1]);
+    b48_freed[i1] = true;
+    CHECK(!p1->in_full);
+    CHECK(heap->queues[cls].last == p1 && in_queue(&heap->queues[cls], p1));
+    CHECK(heap->queues[cls].first == current);
+    CHECK(!in_queue(&heap->full, p1));
+    CHECK_EQ_SZ(df_state(p1), BMM_DF_NORMAL);
+    CHECK_EQ_SZ(p1->used, p1->reserved - 1);
+    CHECK(heap->direct[3] == current);
+    HEAP_OK();
+  }
+
+  /* Another thread frees into a full page: the block goes to the heap's
+   * delayed list (state USE -> FREEING -> NORMAL); a second remote free
+   * finds NORMAL and goes to the page's thread_free list. */
+  bmm_page_t *p2 = full_page(heap, cls, 0);
+  size_t i2 = block_of(p2);
+  if (CHECK(p2 != NULL && i2 != SIZE_MAX)) {
+    CHECK(atomic_load(&heap->delayed_free) == NULL);
+    in_thread(remote_free_thread, b48[i2]);
+    b48_freed[i2] = true;
+    CHECK(atomic_load(&heap->delayed_free) != NULL || df_list(p2) != 0);
+    CHECK(atomic_load(&heap->delayed_free) == b48[i2]);
+    CHECK_EQ_SZ(df_state(p2), BMM_DF_NORMAL);
+    CHECK(p2->in_full);                  /* the owner has not looked yet */
+    CHECK_EQ_SZ(p2->used, p2->reserved); /* the block is still counted */
+    HEAP_OK();
+    size_t j2 = block_of(p2);
+    if (CHECK(j2 != SIZE_MAX)) {
+      in_thread(remote_free_thread, b48[j2]);
+      b48_freed[j2] = true;
+      CHECK(df_list(p2) == (uintptr_t)b48[j2]);
+      CHECK(atomic_load(&heap->delayed_free) == b48[i2]);
+    }
+    HEAP_OK();
+    bmm_collect(false); /* processes delayed_free, then collects queues */
+    CHECK(atomic_load(&heap->delayed_free) == NULL);
+    CHECK(!p2->in_full);
+    CHECK(in_queue(&heap->queues[cls], p2));
+    CHECK(!in_queue(&heap->full, p2));
+    CHECK_EQ_SZ(df_list(p2), 0);
+    CHECK_EQ_SZ(p2->used, p2->reserved - 2);
+    HEAP_OK();
+  }
+
+  /* The same through the malloc slow path (a size above the direct table
+   * always takes it). */
+  bmm_page_t *p3 = full_page(heap, cls, 0);
+  size_t i3 = block_of(p3);
+  if (CHECK(p3 != NULL && i3 != SIZE_MAX)) {
+    in_thread(remote_free_thread, b48[i3]);
+    b48_freed[i3] = true;
+    CHECK(atomic_load(&heap->delayed_free) == b48[i3]);
+    CHECK(p3->in_full);
+    void *big = bmm_malloc(BMM_SMALL_MAX + 1);
+    CHECK(big != NULL);
+    CHECK(atomic_load(&heap->delayed_free) == NULL);
+    CHECK(!p3->in_full);
+    CHECK(in_queue(&heap->queues[cls], p3));
+    CHECK_EQ_SZ(p3->used, p3->reserved - 1);
+    HEAP_OK();
+    bmm_free(big);
+    HEAP_OK();
+  }
+
+  /* Free everything: emptied pages go back to the arena, except the first
+   * page of the class queue, which is kept. */
+  bmm_page_t *pages[8];
+  size_t npages = 0;
+  for (size_t i = 0; i < n48; i++) {
+    bmm_page_t *p = bmm__page_of(b48[i]);
+    bool seen = false;
+    for (size_t k = 0; k < npages; k++)
+      seen |= pages[k] == p;
+    if (!seen && npages < 8) pages[npages++] = p;
+  }
+  CHECK(npages >= 4);
+  for (size_t i = 0; i < n48; i++) {
+    if (!b48_freed[i]) bmm_free(b48[i]);
+    b48_freed[i] = true;
+  }
+  HEAP_OK();
+  CHECK_EQ_SZ(count_class(&heap->full, cls), 0);
+  bmm_page_t *kept = heap->queues[cls].first;
+  CHECK(kept != NULL && kept->next == NULL && kept->used == 0);
+  size_t still_small = 0;
+  for (size_t k = 0; k < npages; k++)
+    if (pages[k] != kept && atomic_load(&pages[k]->kind) != BMM_PAGE_FREE) still_small++;
+  CHECK_EQ_SZ(still_small, 0);
+
+  /* bmm_collect(true) returns the kept page as well. */
+  bmm_collect(true);
+  CHECK(heap->queues[cls].first == NULL);
+  CHECK(heap->direct[3] == &bmm__page_empty);
+  if (kept != NULL) CHECK_EQ_LONG(atomic_load(&kept->kind), BMM_PAGE_FREE);
+  HEAP_OK();
+}
+
+/* ---- Abandonment and adoption ---------------------------------------- */
+
+#define ABANDON_SIZE 416 /* a class no other part of the test uses */
+#define ABANDON_COUNT 400
+static void *ab_blocks[ABANDON_COUNT];
+static bool ab_freed[ABANDON_COUNT];
+static bmm_page_t *ab_pages[16];
+static size_t ab_npages;
+
+static void *abandoning_thread(void *arg) {
+  (void)arg;
+  CHECK(bmm__heap_tls == &bmm__heap_empty);
+  for (size_t i = 0; i < ABANDON_COUNT; i++) {
+    ab_blocks[i] = bmm_malloc(ABANDON_SIZE);
+    if (!CHECK(ab_blocks[i] != NULL)) return NULL;
+    bmm_page_t *p = bmm__page_of(ab_blocks[i]);
+    bool seen = false;
+    for (size_t k = 0; k < ab_npages; k++)
+      seen |= ab_pages[k] == p;
+    if (!seen && CHECK(ab_npages < 16)) ab_pages[ab_npages++] = p;
+  }
+  /* Free some, so that every page has room but none is empty. */
+  for (size_t i = 0; i < ABANDON_COUNT; i += 10) {
+    bmm_free(ab_blocks[i]);
+    ab_freed[i] = true;
+  }
+  HEAP_OK();
+  return NULL; /* the exit hook abandons the pages */
+}
+
+static void *adopting_thread(void *arg) {
+  uintptr_t *adopted_by = arg;
+  CHECK(bmm__heap_tls == &bmm__heap_empty);
+  void *p = bmm_malloc(ABANDON_SIZE);
+  CHECK(p != NULL);
+  bmm_heap_t *heap = bmm__heap_tls;
+  uintptr_t me = bmm__os_thread_id();
+  *adopted_by = me;
+  bool from_adopted = false;
+  size_t bad_owner = 0;
+  for (size_t k = 0; k < ab_npages; k++) {
+    bmm_page_t *page = ab_pages[k];
+    from_adopted |= bmm__page_of(p) == page;
+    /* tid carries in_full in bit 0 */
+    if (atomic_load(&page->tid) != (me | page->in_full) || atomic_load(&page->heap) != heap)
+      bad_owner++;
+    if (df_list(page) != 0) bad_owner++; /* adoption collected the remote frees */
+    if (df_state(page) != BMM_DF_NORMAL && df_state(page) != BMM_DF_USE) bad_owner++;
+  }
+  CHECK(from_adopted); /* an adopted page served the request, not a fresh one */
+  CHECK_EQ_SZ(bad_owner, 0);
+  HEAP_OK();
+  bmm_free(p);
+  HEAP_OK();
+  return NULL; /* exit: the pages are abandoned again */
+}
+
+static void check_abandon_adopt(void) {
+  size_t cls = bmm__class_of(ABANDON_SIZE);
+  in_thread(abandoning_thread, NULL);
+  CHECK(ab_npages >= 3);
+  size_t bad = 0;
+  for (size_t k = 0; k < ab_npages; k++) {
+    bmm_page_t *page = ab_pages[k];
+    if (atomic_load(&page->tid) != 0 || atomic_load(&page->heap) != NULL) bad++;
+    if (atomic_load(&page->kind) != BMM_PAGE_SMALL || page->class_idx != cls) bad++;
+    if (df_state(page) != BMM_DF_NEVER || page->in_full || page->used == 0) bad++;
+  }
+  CHECK_EQ_SZ(bad, 0);
+  HEAP_OK();
+
+  /* A free into an abandoned page goes to its thread_free list. */
+  bmm_page_t *target = bmm__page_of(ab_blocks[1]);
+  bmm_free(ab_blocks[1]);
+  ab_freed[1] = true;
+  CHECK(df_list(target) == (uintptr_t)ab_blocks[1]);
+  CHECK_EQ_SZ(df_state(target), BMM_DF_NEVER);
+  HEAP_OK();
+
+  uintptr_t adopted_by = 0;
+  in_thread(adopting_thread, &adopted_by);
+  CHECK(adopted_by != 0 && adopted_by != bmm__os_thread_id());
+  /* That thread exited too: abandoned again. */
+  bad = 0;
+  for (size_t k = 0; k < ab_npages; k++) {
+    bmm_page_t *page = ab_pages[k];
+    if (atomic_load(&page->tid) != 0 || atomic_load(&page->heap) != NULL) bad++;
+    if (atomic_load(&page->kind) != BMM_PAGE_SMALL || df_state(page) != BMM_DF_NEVER) bad++;
+  }
+  CHECK_EQ_SZ(bad, 0);
+
+  /* Free every block remotely, then let this thread collect: it adopts the
+   * empty pages and returns them to the arena. */
+  for (size_t i = 0; i < ABANDON_COUNT; i++)
+    if (!ab_freed[i]) bmm_free(ab_blocks[i]), ab_freed[i] = true;
+  HEAP_OK();
+  bmm_collect(true);
+  HEAP_OK();
+  size_t not_free = 0;
+  for (size_t k = 0; k < ab_npages; k++)
+    if (atomic_load(&ab_pages[k]->kind) != BMM_PAGE_FREE) not_free++;
+  CHECK_EQ_SZ(not_free, 0);
+  CHECK(bmm__heap_tls->queues[cls].first == NULL);
+}
+
+/* ---- Aligned requests ------------------------------------------------ */
+
+/* src/aligned.c serves alignments up to 64 KiB from a size class that is a
+ * multiple of the alignment (blocks sit at multiples of their size from a
+ * unit-aligned page start), larger ones from aligned unit runs. */
+static void check_aligned(void) {
+  static const size_t sizes[] = {0, 1, 16, 100, 1000, 5000, 40000, 65536};
+  size_t bad_align = 0, bad_class = 0, bad_kind = 0, failed = 0;
+  for (size_t a = 32; a <= 65536; a *= 2) {
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+      void *p = bmm_aligned_alloc(a, sizes[k]);
+      if (p == NULL) {
+        failed++;
+        continue;
+      }
+      bmm_page_t *page = bmm__page_of(p);
+      uint8_t kind = atomic_load(&page->kind);
+      if ((uintptr_t)p % a != 0) bad_align++;
+      if (page->block_size < sizes[k]) bad_class++;
+      if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) {
+        if (page->block_size % a != 0 || atomic_load(&page->heap) != bmm__heap_tls) bad_class++;
+      } else if (kind != BMM_PAGE_LARGE || sizes[k] + a <= BMM_MEDIUM_MAX) {
+        bad_kind++; /* only requests that round up past 64 KiB may be large */
+      }
+      bmm_free(p);
+    }
+  }
+  CHECK_EQ_SZ(failed, 0);
+  CHECK_EQ_SZ(bad_align, 0);
+  CHECK_EQ_SZ(bad_class, 0);
+  CHECK_EQ_SZ(bad_kind, 0);
+  HEAP_OK();
+
+  /* Alignments above a unit: aligned unit runs (up to 16 MiB) or huge
+   * regions, for size 0 too (one unit, as glibc gives a unique block). */
+  size_t size0_failed = 0;
+  for (size_t a = 128 * 1024; a <= ((size_t)32 << 20); a *= 2) {
+    for (size_t size = 0; size <= 1; size++) {
+      errno = 0;
+      void *p = bmm_aligned_alloc(a, size);
+      if (p == NULL) {
+        if (size == 0)
+          size0_failed++;
+        else
+          failed++;
+        continue;
+      }
+      if ((uintptr_t)p % a != 0) bad_align++;
+      bmm_page_t *page = bmm__page_of(p);
+      uint8_t kind = page ? atomic_load(&page->kind) : BMM_PAGE_FREE;
+      if (kind != BMM_PAGE_LARGE && kind != BMM_PAGE_HUGE) bad_kind++;
+      bmm_free(p);
+    }
+  }
+  CHECK_EQ_SZ(failed, 0);
+  CHECK_EQ_SZ(bad_align, 0);
+  CHECK_EQ_SZ(bad_kind, 0);
+  CHECK_EQ_SZ(size0_failed, 0);
+  HEAP_OK();
+}
+
+int main(void) {
+  CHECK(bmm__heap_tls == &bmm__heap_empty); /* nothing allocated yet */
+  in_thread(first_alloc_thread, NULL);
+  CHECK(bmm__heap_tls == &bmm__heap_empty); /* another thread's heap is not ours */
+  void *p = bmm_malloc(100);
+  CHECK(p != NULL && bmm__heap_tls != &bmm__heap_empty);
+  CHECK_EQ_SZ(bmm__heap_tls->tid, bmm__os_thread_id());
+  bmm_free(p);
+  HEAP_OK();
+
+  check_direct();
+  HEAP_OK();
+  check_full_and_delayed();
+  HEAP_OK();
+  check_abandon_adopt();
+  HEAP_OK();
+  check_aligned();
+  return check_done();
+}
