@@ -27,6 +27,8 @@ _Static_assert(sizeof(bmm_page_t) == 128, "page descriptors are 128 bytes");
 _Static_assert(BMM_ARENA_HEADER_UNITS < BMM_ARENA_UNITS / 64,
                "the arena header must stay a small fraction of the arena");
 
+static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units);
+
 static void region_map_set(const void *region, uint8_t kind) {
   atomic_store_explicit(&bmm__region_map[(uintptr_t)region >> BMM_REGION_SHIFT], kind,
                         memory_order_release);
@@ -176,6 +178,7 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
  * first_delta, units and start set; the caller sets the rest. */
 bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units) {
   if (units == 0 || units > BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS) return NULL;
+  bmm__arena_purge_due();
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
   size_t start = *arena_hint < count ? *arena_hint : 0;
   for (size_t k = 0;; k++) {
@@ -198,6 +201,7 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
       return NULL;
     }
     bits_set(arena->dirty, first, units);
+    bits_clear(arena->purge, first, units); /* in use again: nothing to purge */
     atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
     *arena_hint = arena->index;
     bmm_page_t *page = &arena->pages[first];
@@ -221,6 +225,8 @@ void bmm__arena_page_free(bmm_page_t *page) {
   atomic_store_explicit(&page->kind, BMM_PAGE_FREE, memory_order_relaxed);
   atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
   bits_clear(arena->used, first, units); /* release: descriptor reset first */
+  arena_schedule_purge(arena, first, units);
+  bmm__arena_purge_due();
   /* Claims search from the hint: keep it at the lowest word with a free
    * unit, so freed (still committed) units are reused before untouched ones
    * and the footprint stays compact. */
@@ -231,28 +237,150 @@ void bmm__arena_page_free(bmm_page_t *page) {
   }
 }
 
-/* Decommit every free unit that may still hold memory. Each run is claimed
- * while it is decommitted, so no thread can hand it out meanwhile. */
+/* ---- Purging ---------------------------------------------------------- */
+
+/* Freed units stay committed for purge_delay ms (a program that frees and
+ * allocates the same sizes again reuses them without a page fault), then
+ * go back to the OS. Each arena keeps the units marked for purging and one
+ * deadline, set by the first free after the last purge; purge_next is the
+ * earliest deadline of all arenas, checked on the arena slow paths. */
+static _Atomic(int64_t) purge_next;
+
+/* Decommit the free units of `arena` that are dirty and, unless `all`,
+ * marked for purging. Each run is claimed while it is decommitted, so no
+ * thread can hand it out meanwhile. */
+static void arena_purge(bmm_arena_t *arena, bool all) {
+  bool lazy = bmm__options[BMM_OPTION_PURGE_LAZY] != 0;
+  for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
+    uint64_t cand = atomic_load_explicit(&arena->dirty[w], memory_order_relaxed) &
+                    ~atomic_load_explicit(&arena->used[w], memory_order_relaxed);
+    if (!all) cand &= atomic_load_explicit(&arena->purge[w], memory_order_relaxed);
+    while (cand) {
+      size_t bit = (size_t)__builtin_ctzll(cand);
+      size_t n = ones_at_bottom(cand >> bit);
+      cand &= ~bits_mask(bit, n);
+      size_t first = w * 64 + bit;
+      if (!bits_try_claim(arena->used, first, n)) continue;
+      bmm__os_decommit((uint8_t *)arena + first * BMM_UNIT_SIZE, n * BMM_UNIT_SIZE, lazy);
+      atomic_fetch_and_explicit(&arena->dirty[w], ~bits_mask(bit, n), memory_order_relaxed);
+      atomic_fetch_and_explicit(&arena->purge[w], ~bits_mask(bit, n), memory_order_relaxed);
+      atomic_fetch_add_explicit(&arena->purged_bytes, n * BMM_UNIT_SIZE, memory_order_relaxed);
+      bits_clear(arena->used, first, n);
+    }
+  }
+}
+
+static bmm_arena_t *arena_at(size_t i) {
+  return atomic_load_explicit(&arena_table[i], memory_order_acquire);
+}
+
+/* Purge every arena whose deadline has passed; recompute purge_next. */
+void bmm__arena_purge_due(void) {
+  int64_t next = atomic_load_explicit(&purge_next, memory_order_relaxed);
+  if (next == 0) return;
+  int64_t now = bmm__os_now_ms();
+  if (now < next) return;
+  /* One thread does the sweep; the others go on with their work. */
+  if (!atomic_compare_exchange_strong_explicit(&purge_next, &next, 0, memory_order_relaxed,
+                                               memory_order_relaxed))
+    return;
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  int64_t earliest = 0;
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = arena_at(a);
+    if (arena == NULL) continue;
+    int64_t d = atomic_load_explicit(&arena->purge_deadline, memory_order_relaxed);
+    if (d == 0) continue;
+    if (d <= now && atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &d, 0,
+                                                            memory_order_relaxed,
+                                                            memory_order_relaxed)) {
+      arena_purge(arena, false);
+    } else if (d > now && (earliest == 0 || d < earliest)) {
+      earliest = d;
+    }
+  }
+  /* Deadlines set during the sweep lowered purge_next themselves. */
+  if (earliest != 0) {
+    int64_t cur = 0;
+    if (!atomic_compare_exchange_strong_explicit(&purge_next, &cur, earliest,
+                                                 memory_order_relaxed, memory_order_relaxed) &&
+        cur > earliest)
+      atomic_store_explicit(&purge_next, earliest, memory_order_relaxed);
+  }
+}
+
+/* Mark freed units for purging according to the purge_delay option. */
+static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units) {
+  long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
+  if (delay < 0) return;
+  bits_set(arena->purge, first, units);
+  if (delay == 0) {
+    arena_purge(arena, false);
+    return;
+  }
+  int64_t deadline = bmm__os_now_ms() + delay, none = 0;
+  if (atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &none, deadline,
+                                              memory_order_relaxed, memory_order_relaxed)) {
+    int64_t next = atomic_load_explicit(&purge_next, memory_order_relaxed);
+    while ((next == 0 || deadline < next) &&
+           !atomic_compare_exchange_weak_explicit(&purge_next, &next, deadline,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+  }
+}
+
+/* Decommit every free unit that may still hold memory, now. */
 void bmm__arena_purge_all(void) {
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
-  bool lazy = bmm__options[BMM_OPTION_PURGE_LAZY] != 0;
   for (size_t a = 0; a < count; a++) {
-    bmm_arena_t *arena = atomic_load_explicit(&arena_table[a], memory_order_acquire);
+    bmm_arena_t *arena = arena_at(a);
     if (arena == NULL) continue;
-    for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
-      uint64_t cand = atomic_load_explicit(&arena->dirty[w], memory_order_relaxed) &
-                      ~atomic_load_explicit(&arena->used[w], memory_order_relaxed);
-      while (cand) {
-        size_t bit = (size_t)__builtin_ctzll(cand);
-        size_t n = ones_at_bottom(cand >> bit);
-        cand &= ~bits_mask(bit, n);
-        size_t first = w * 64 + bit;
-        if (!bits_try_claim(arena->used, first, n)) continue;
-        bmm__os_decommit((uint8_t *)arena + first * BMM_UNIT_SIZE, n * BMM_UNIT_SIZE, lazy);
-        atomic_fetch_and_explicit(&arena->dirty[w], ~bits_mask(bit, n), memory_order_relaxed);
-        bits_clear(arena->used, first, n);
-      }
-    }
+    atomic_store_explicit(&arena->purge_deadline, 0, memory_order_relaxed);
+    arena_purge(arena, true);
+  }
+}
+
+/* ---- Accounting -------------------------------------------------------- */
+
+static _Atomic(size_t) huge_bytes;  /* mapped for huge blocks */
+static _Atomic(size_t) huge_purged; /* returned by freeing huge blocks */
+
+static size_t bits_count(_Atomic(uint64_t) *words) {
+  size_t n = 0;
+  for (size_t w = 0; w < BMM_ARENA_WORDS; w++)
+    n += (size_t)__builtin_popcountll(atomic_load_explicit(&words[w], memory_order_relaxed));
+  return n;
+}
+
+/* Accounting of arena `index`; false when there is no such arena. The
+ * header counts as committed and used. Figures are a snapshot taken
+ * without stopping other threads. */
+bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out) {
+  if (index >= atomic_load_explicit(&arena_count, memory_order_acquire)) return false;
+  bmm_arena_t *arena = arena_at(index);
+  if (arena == NULL) return false;
+  size_t header = BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
+  out->reserved = BMM_REGION_SIZE;
+  out->committed = header + bits_count(arena->dirty) * BMM_UNIT_SIZE;
+  out->used = atomic_load_explicit(&arena->used_units, memory_order_relaxed) * BMM_UNIT_SIZE +
+              header;
+  out->purged = atomic_load_explicit(&arena->purged_bytes, memory_order_relaxed);
+  return true;
+}
+
+/* Totals over every arena and huge block. */
+void bmm__mem_stats(bmm_mem_stats_t *out) {
+  size_t huge = atomic_load_explicit(&huge_bytes, memory_order_relaxed);
+  out->reserved = out->committed = out->used = huge;
+  out->purged = atomic_load_explicit(&huge_purged, memory_order_relaxed);
+  bmm_mem_stats_t a;
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  for (size_t i = 0; i < count; i++) {
+    if (!bmm__arena_stats(i, &a)) continue;
+    out->reserved += a.reserved;
+    out->committed += a.committed;
+    out->used += a.used;
+    out->purged += a.purged;
   }
 }
 
@@ -286,6 +414,7 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   page->start = (uint8_t *)h + offset;
   page->reserved = page->used = 1;
   atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
+  atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
   region_map_set(h, BMM_REGION_ARENA);
   return page->start;
 }
@@ -293,6 +422,8 @@ void *bmm__huge_alloc(size_t size, size_t align) {
 void bmm__huge_free(bmm_page_t *page) {
   bmm_arena_t *h = bmm__arena_of_page(page);
   region_map_set(h, BMM_REGION_NONE);
+  atomic_fetch_sub_explicit(&huge_bytes, h->map_size, memory_order_relaxed);
+  atomic_fetch_add_explicit(&huge_purged, h->map_size, memory_order_relaxed);
   bmm__os_release(h->map_base, h->map_size);
 }
 

@@ -59,6 +59,7 @@ __attribute__((constructor)) static void init_constructor(void) {
 BMM_API void bmm_collect(bool force) {
   bmm__heap_collect(bmm__heap_tls, force);
   if (force) bmm__arena_purge_all();
+  else bmm__arena_purge_due();
 }
 
 BMM_API bool bmm_heap_check(void) {

@@ -123,6 +123,9 @@ void bmm__arena_page_free(bmm_page_t *page);
 void *bmm__huge_alloc(size_t size, size_t align);
 void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);
+void bmm__arena_purge_due(void);
+bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out);
+void bmm__mem_stats(bmm_mem_stats_t *out);
 bool bmm__arena_check_all(void);
 
 /* ---- page.c ---------------------------------------------------------- */
@@ -163,6 +166,7 @@ typedef enum bmm_option_e {
   BMM_OPTION_ABORT_ON_ERROR,
   BMM_OPTION_VERBOSE,
   BMM_OPTION_PURGE_LAZY,
+  BMM_OPTION_PURGE_DELAY,
   BMM_OPTION_COUNT
 } bmm_option_t;
 extern long bmm__options[BMM_OPTION_COUNT];

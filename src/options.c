@@ -17,14 +17,17 @@ static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
     [BMM_OPTION_ABORT_ON_ERROR] = {"abort_on_error", 1, 0, 1,
                                    "abort after reporting heap misuse (0: ignore the call)"},
     [BMM_OPTION_VERBOSE] = {"verbose", 0, 0, 2, "print what the allocator does (1, 2: more)"},
-    [BMM_OPTION_PURGE_LAZY] = {"purge_lazy", 1, 0, 1,
+    [BMM_OPTION_PURGE_LAZY] = {"purge_lazy", 0, 0, 1,
                                "return memory with MADV_FREE (1) or MADV_DONTNEED (0)"},
+    [BMM_OPTION_PURGE_DELAY] = {"purge_delay", 100, -1, 3600000,
+                                "ms before freed memory goes back to the OS (0 at once, -1 never)"},
 };
 
 long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_ABORT_ON_ERROR] = 1,
     [BMM_OPTION_VERBOSE] = 0,
-    [BMM_OPTION_PURGE_LAZY] = 1,
+    [BMM_OPTION_PURGE_LAZY] = 0,
+    [BMM_OPTION_PURGE_DELAY] = 100,
 };
 
 /* Index of the option named by the first `len` bytes of `name`, compared

@@ -146,6 +146,9 @@ struct bmm_arena_s {
   _Atomic(size_t) used_units; /* [atomic] accounting */
   _Atomic(uint64_t) used[BMM_ARENA_WORDS];  /* [atomic] 1 = unit claimed */
   _Atomic(uint64_t) dirty[BMM_ARENA_WORDS]; /* [atomic] 1 = may hold committed memory */
+  _Atomic(uint64_t) purge[BMM_ARENA_WORDS]; /* [atomic] 1 = freed, purge when due */
+  _Atomic(int64_t) purge_deadline; /* [atomic] ms when marked units go, 0 if none */
+  _Atomic(size_t) purged_bytes;    /* [atomic] accounting: decommitted so far */
   bmm_page_t pages[BMM_ARENA_UNITS] __attribute__((aligned(128)));
 };
 
@@ -153,6 +156,14 @@ struct bmm_arena_s {
 #define BMM_HUGE_MAGIC 0x45475548u  /* "HUGE" */
 #define BMM_ARENA_HEADER_UNITS \
   ((sizeof(bmm_arena_t) + BMM_UNIT_SIZE - 1) / BMM_UNIT_SIZE)
+
+/* Memory accounting, for one arena or for the whole process. */
+typedef struct bmm_mem_stats_s {
+  size_t reserved;  /* address space taken from the OS */
+  size_t committed; /* of that, what may be backed by memory */
+  size_t used;      /* of that, what pages and blocks use now */
+  size_t purged;    /* bytes given back to the OS so far (cumulative) */
+} bmm_mem_stats_t;
 
 /* ---- Heaps ----------------------------------------------------------- */
 

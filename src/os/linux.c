@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -109,6 +110,25 @@ bool bmm__os_decommit(void *addr, size_t size, bool lazy) {
   (void)lazy;
 #endif
   return madvise(addr, size, MADV_DONTNEED) == 0;
+}
+
+void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr) {
+  void *p = new_addr == NULL
+                ? mremap(addr, old_size, new_size, 0)
+                : mremap(addr, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+bool bmm__os_rereserve(void *addr, size_t size) {
+  int prot = os_is_strict_commit() ? PROT_NONE : PROT_READ | PROT_WRITE;
+  void *p = mmap(addr, size, prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p != MAP_FAILED;
+}
+
+int64_t bmm__os_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int bmm__os_protect(void *addr, size_t size, int rights) {

@@ -38,6 +38,20 @@ bool bmm__os_commit(void *addr, size_t size);
  * contents: MADV_FREE lets the kernel take them back only under pressure). */
 bool bmm__os_decommit(void *addr, size_t size, bool lazy);
 
+/* Resize a mapping that starts at `addr` from old_size to new_size bytes.
+ * With new_addr NULL the mapping only grows or shrinks where it stands
+ * (returns addr, or NULL when the pages after it are taken); otherwise it
+ * is moved to new_addr, replacing whatever was mapped there (the caller
+ * reserved that range), without copying its pages. NULL on failure. */
+void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr);
+
+/* Map fresh reserved address space over [addr, addr+size) again, e.g.
+ * after its pages were moved away with bmm__os_remap. */
+bool bmm__os_rereserve(void *addr, size_t size);
+
+/* Milliseconds on a monotonic clock, cheap (a coarse clock is fine). */
+int64_t bmm__os_now_ms(void);
+
 /* Change access rights: BMM_PROT_* bits of brainmm.h semantics
  * (1 read, 2 write, 4 exec). Returns 0 or an errno value. */
 int bmm__os_protect(void *addr, size_t size, int rights);
