@@ -1,35 +1,10 @@
 /* alloc.c: allocation entry points of API section 1 (malloc, calloc,
  * realloc, reallocarray) and the slow paths behind the inline fast path:
- * first use by a thread, medium sizes, and large blocks (unit runs of an
- * arena, or a region of their own when huge).
+ * first use by a thread and medium sizes; large blocks are large.c's.
  */
 #include <string.h>
 
 #include "fastpath.h"
-
-/* Large blocks: a run of whole units, aligned to `align` if that is more
- * than a unit; above BMM_LARGE_MAX, a huge region. */
-void *bmm__large_alloc(size_t size, size_t align) {
-  if (bmm_unlikely(size > PTRDIFF_MAX)) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) return bmm__huge_alloc(size, align);
-  size_t units = size == 0 ? 1 : (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
-  size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
-  bmm_heap_t *heap = bmm__heap_tls;
-  uint32_t hint = heap->arena_hint;
-  bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units);
-  if (page == NULL) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  if (heap != &bmm__heap_empty) heap->arena_hint = hint;
-  page->block_size = units << BMM_UNIT_SHIFT;
-  page->reserved = page->used = 1;
-  atomic_store_explicit(&page->kind, BMM_PAGE_LARGE, memory_order_relaxed);
-  return page->start;
-}
 
 bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
   if (bmm_unlikely(heap == &bmm__heap_empty)) {
@@ -94,12 +69,19 @@ BMM_API void *bmm_realloc(void *p, size_t size) {
     errno = EINVAL;
     return NULL;
   }
+  if (usable > BMM_MEDIUM_MAX) {
+    /* Large and huge blocks resize in place or move pages, not bytes. */
+    void *q = bmm__large_realloc(p, bmm__page_of(p), size);
+    if (q != NULL) return q;
+  }
   /* Keep the block when the new size fits and does not waste more than
    * half of it. */
   if (size <= usable && size >= usable / 2) return p;
   void *q = bmm__malloc_fast(size);
   if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
-  memcpy(q, p, size < usable ? size : usable);
+  size_t keep = size < usable ? size : usable;
+  memcpy(q, p, keep);
+  if (keep > BMM_MEDIUM_MAX) bmm__large_count_copied(keep);
   bmm__free_fast(p, "realloc");
   return q;
 }

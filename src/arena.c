@@ -146,10 +146,75 @@ static bmm_arena_t *arena_new(void) {
     return NULL;
   }
   arena->index = (uint32_t)idx;
+  if (bmm__options[BMM_OPTION_HUGE_PAGES])
+    bmm__os_huge_hint((uint8_t *)arena + header, BMM_REGION_SIZE - header, true);
   region_map_set(arena, BMM_REGION_ARENA);
   atomic_store_explicit(&arena_table[idx], arena, memory_order_release);
   bmm__verbose("reserved arena", idx);
   return arena;
+}
+
+static bmm_arena_t *arena_at(size_t i);
+
+static uint8_t *arena_data(bmm_arena_t *arena) {
+  return (uint8_t *)arena + BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
+}
+#define BMM_ARENA_DATA_UNITS (BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS)
+
+/* Map a released arena's data range again; NULL if there is none (or the
+ * range was taken by another mapping meanwhile). */
+static bmm_arena_t *arena_revive(void) {
+  size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = arena_at(a);
+    int expected = BMM_ARENA_RELEASED;
+    if (arena == NULL ||
+        !atomic_compare_exchange_strong_explicit(&arena->released, &expected,
+                                                 BMM_ARENA_REVIVING, memory_order_acquire,
+                                                 memory_order_relaxed))
+      continue;
+    if (!bmm__os_reserve_at(arena_data(arena), BMM_ARENA_DATA_UNITS * BMM_UNIT_SIZE)) {
+      atomic_store_explicit(&arena->released, BMM_ARENA_RETIRED, memory_order_release);
+      continue;
+    }
+    if (bmm__options[BMM_OPTION_HUGE_PAGES])
+      bmm__os_huge_hint(arena_data(arena), BMM_ARENA_DATA_UNITS * BMM_UNIT_SIZE, true);
+    atomic_store_explicit(&arena->released, BMM_ARENA_LIVE, memory_order_release);
+    atomic_store_explicit(&arena->hint, BMM_ARENA_HEADER_UNITS / 64, memory_order_relaxed);
+    bits_clear(arena->used, BMM_ARENA_HEADER_UNITS, BMM_ARENA_DATA_UNITS);
+    bmm__verbose("revived arena", a);
+    return arena;
+  }
+  return NULL;
+}
+
+/* Give the data range of an arena with nothing in use back to the OS. The
+ * first arena is kept (a process that allocates at all will again). */
+static void arena_release(bmm_arena_t *arena) {
+  if (arena->index == 0 || !bmm__options[BMM_OPTION_ARENA_RELEASE] ||
+      atomic_load_explicit(&arena->used_units, memory_order_relaxed) != 0)
+    return;
+  /* Holding every unit bit, nobody can claim here while we unmap. */
+  if (!bits_try_claim(arena->used, BMM_ARENA_HEADER_UNITS, BMM_ARENA_DATA_UNITS)) return;
+  size_t dirty = 0;
+  for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
+    uint64_t data_mask = w * 64 + 64 <= BMM_ARENA_HEADER_UNITS ? 0
+                         : w * 64 >= BMM_ARENA_HEADER_UNITS
+                             ? ~(uint64_t)0
+                             : ~(uint64_t)0 << (BMM_ARENA_HEADER_UNITS - w * 64);
+    dirty += (size_t)__builtin_popcountll(
+        atomic_fetch_and_explicit(&arena->dirty[w], ~data_mask, memory_order_relaxed) & data_mask);
+    atomic_fetch_and_explicit(&arena->purge[w], ~data_mask, memory_order_relaxed);
+  }
+  bmm__os_release(arena_data(arena), BMM_ARENA_DATA_UNITS * BMM_UNIT_SIZE);
+  /* The descriptors and span tables of free units are all zero or stale;
+   * drop their pages (they stay readable, for stale pointers). */
+  size_t ps = bmm__os_page_size();
+  uintptr_t from = ((uintptr_t)arena->spans + ps - 1) & ~(uintptr_t)(ps - 1);
+  bmm__os_reset((void *)from, (uintptr_t)arena_data(arena) - from);
+  atomic_fetch_add_explicit(&arena->purged_bytes, dirty * BMM_UNIT_SIZE, memory_order_relaxed);
+  atomic_store_explicit(&arena->released, BMM_ARENA_RELEASED, memory_order_release);
+  bmm__verbose("released arena", arena->index);
 }
 
 static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, size_t *out) {
@@ -173,6 +238,31 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
   return false;
 }
 
+/* Make claimed units usable; on failure give them back. */
+static bool arena_commit_claimed(bmm_arena_t *arena, size_t first, size_t units) {
+  uint8_t *addr = (uint8_t *)arena + first * BMM_UNIT_SIZE;
+  if (!bmm__os_commit(addr, units * BMM_UNIT_SIZE)) {
+    bits_clear(arena->used, first, units);
+    return false;
+  }
+  bits_set(arena->dirty, first, units);
+  bits_clear(arena->purge, first, units); /* in use again: nothing to purge */
+  atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
+  return true;
+}
+
+/* Claim the units [first, first+units) of `arena` exactly, or nothing. */
+bool bmm__arena_claim_units(bmm_arena_t *arena, size_t first, size_t units) {
+  if (first < BMM_ARENA_HEADER_UNITS || first + units > BMM_ARENA_UNITS) return false;
+  if (!bits_try_claim(arena->used, first, units)) return false;
+  return arena_commit_claimed(arena, first, units);
+}
+
+bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit) {
+  if (unit < BMM_ARENA_HEADER_UNITS || unit >= BMM_ARENA_UNITS) return false;
+  return !(atomic_load_explicit(&arena->used[unit >> 6], memory_order_relaxed) >> (unit & 63) & 1);
+}
+
 /* Claim `units` units aligned to `align_units` from any arena, preferring
  * *arena_hint, and return the descriptor of the run's first unit with
  * first_delta, units and start set; the caller sets the rest. */
@@ -187,7 +277,8 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
       arena = atomic_load_explicit(&arena_table[(start + k) % count], memory_order_acquire);
       if (arena == NULL) continue; /* being published by another thread */
     } else {
-      arena = arena_new();
+      arena = arena_revive();
+      if (arena == NULL) arena = arena_new();
       if (arena == NULL) return NULL;
     }
     size_t first;
@@ -195,21 +286,37 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
       if (k >= count) return NULL; /* a fresh arena that cannot fit it */
       continue;
     }
-    uint8_t *addr = (uint8_t *)arena + first * BMM_UNIT_SIZE;
-    if (!bmm__os_commit(addr, units * BMM_UNIT_SIZE)) {
-      bits_clear(arena->used, first, units);
-      return NULL;
-    }
-    bits_set(arena->dirty, first, units);
-    bits_clear(arena->purge, first, units); /* in use again: nothing to purge */
-    atomic_fetch_add_explicit(&arena->used_units, units, memory_order_relaxed);
+    if (!arena_commit_claimed(arena, first, units)) return NULL;
     *arena_hint = arena->index;
     bmm_page_t *page = &arena->pages[first];
     for (size_t i = 0; i < units; i++) page[i].first_delta = i * sizeof(bmm_page_t);
     page->units = (uint32_t)units;
-    page->start = addr;
+    page->start = (uint8_t *)arena + first * BMM_UNIT_SIZE;
     return page;
   }
+}
+
+/* Give back units whose descriptors the caller has reset to FREE. */
+void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
+  atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
+  bits_clear(arena->used, first, units); /* release: descriptors reset first */
+  arena_schedule_purge(arena, first, units);
+  size_t w = first >> 6, h = atomic_load_explicit(&arena->hint, memory_order_relaxed);
+  while (w < h && !atomic_compare_exchange_weak_explicit(&arena->hint, &h, w,
+                                                         memory_order_relaxed,
+                                                         memory_order_relaxed)) {
+  }
+  bmm__arena_purge_due();
+}
+
+size_t bmm__arena_count(void) {
+  return atomic_load_explicit(&arena_count, memory_order_acquire);
+}
+
+bmm_arena_t *bmm__arena_get(size_t index) {
+  return index < bmm__arena_count() ? atomic_load_explicit(&arena_table[index],
+                                                           memory_order_acquire)
+                                    : NULL;
 }
 
 void bmm__arena_page_free(bmm_page_t *page) {
@@ -223,18 +330,10 @@ void bmm__arena_page_free(bmm_page_t *page) {
   atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
   atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
   atomic_store_explicit(&page->kind, BMM_PAGE_FREE, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
-  bits_clear(arena->used, first, units); /* release: descriptor reset first */
-  arena_schedule_purge(arena, first, units);
-  bmm__arena_purge_due();
-  /* Claims search from the hint: keep it at the lowest word with a free
-   * unit, so freed (still committed) units are reused before untouched ones
-   * and the footprint stays compact. */
-  size_t w = first >> 6, h = atomic_load_explicit(&arena->hint, memory_order_relaxed);
-  while (w < h && !atomic_compare_exchange_weak_explicit(&arena->hint, &h, w,
-                                                         memory_order_relaxed,
-                                                         memory_order_relaxed)) {
-  }
+  /* Claims search from the hint, which release keeps at the lowest word
+   * with a free unit: freed (still committed) units are reused before
+   * untouched ones and the footprint stays compact. */
+  bmm__arena_release_units(arena, first, units);
 }
 
 /* ---- Purging ---------------------------------------------------------- */
@@ -295,6 +394,7 @@ void bmm__arena_purge_due(void) {
                                                             memory_order_relaxed,
                                                             memory_order_relaxed)) {
       arena_purge(arena, false);
+      arena_release(arena);
     } else if (d > now && (earliest == 0 || d < earliest)) {
       earliest = d;
     }
@@ -337,6 +437,7 @@ void bmm__arena_purge_all(void) {
     if (arena == NULL) continue;
     atomic_store_explicit(&arena->purge_deadline, 0, memory_order_relaxed);
     arena_purge(arena, true);
+    arena_release(arena);
   }
 }
 
@@ -360,9 +461,11 @@ bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out) {
   bmm_arena_t *arena = arena_at(index);
   if (arena == NULL) return false;
   size_t header = BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
-  out->reserved = BMM_REGION_SIZE;
+  bool live = atomic_load_explicit(&arena->released, memory_order_relaxed) == BMM_ARENA_LIVE;
+  out->reserved = live ? BMM_REGION_SIZE : header;
   out->committed = header + bits_count(arena->dirty) * BMM_UNIT_SIZE;
-  out->used = atomic_load_explicit(&arena->used_units, memory_order_relaxed) * BMM_UNIT_SIZE +
+  out->used = (live ? atomic_load_explicit(&arena->used_units, memory_order_relaxed) : 0) *
+                  BMM_UNIT_SIZE +
               header;
   out->purged = atomic_load_explicit(&arena->purged_bytes, memory_order_relaxed);
   return true;
@@ -389,11 +492,36 @@ void bmm__mem_stats(bmm_mem_stats_t *out) {
 /* A huge block gets a region of its own: the arena header layout, then the
  * block at the first unit boundary past the header that satisfies `align`.
  * Only the header's first page and the block's one descriptor are touched. */
-void *bmm__huge_alloc(size_t size, size_t align) {
-  size_t ps = bmm__os_page_size();
+/* Offset of a huge block's data from its region start for `align`, or 0
+ * when the alignment cannot be served (a whole region or more). */
+static size_t huge_offset(size_t align) {
   size_t offset = BMM_ARENA_HEADER_UNITS * BMM_UNIT_SIZE;
   if (align > BMM_UNIT_SIZE) offset = (offset + align - 1) & ~(align - 1);
-  if (offset >= BMM_REGION_SIZE || size > SIZE_MAX - offset - ps) {
+  return offset < BMM_REGION_SIZE ? offset : 0;
+}
+
+/* Write the header of a huge region at h whose block starts at offset. */
+static bmm_page_t *huge_init(bmm_arena_t *h, size_t offset, size_t total) {
+  h->magic = BMM_HUGE_MAGIC;
+  h->map_base = (uint8_t *)h;
+  h->map_size = total;
+  h->index = UINT32_MAX;
+  bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
+  page->first_delta = 0;
+  page->block_size = total - offset;
+  page->units = (uint32_t)((page->block_size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
+  page->start = (uint8_t *)h + offset;
+  page->reserved = page->used = 1;
+  atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
+  atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
+  region_map_set(h, BMM_REGION_ARENA);
+  return page;
+}
+
+void *bmm__huge_alloc(size_t size, size_t align) {
+  size_t ps = bmm__os_page_size();
+  size_t offset = huge_offset(align);
+  if (offset == 0 || size > SIZE_MAX - offset - ps) {
     errno = ENOMEM; /* alignments of a region or more are not supported */
     return NULL;
   }
@@ -403,19 +531,68 @@ void *bmm__huge_alloc(size_t size, size_t align) {
     errno = ENOMEM;
     return NULL;
   }
-  h->magic = BMM_HUGE_MAGIC;
-  h->map_base = (uint8_t *)h;
-  h->map_size = total;
-  h->index = UINT32_MAX;
-  bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
-  page->first_delta = 0;
-  page->units = (uint32_t)((total - offset + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
-  page->block_size = total - offset;
-  page->start = (uint8_t *)h + offset;
-  page->reserved = page->used = 1;
-  atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
-  atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
-  region_map_set(h, BMM_REGION_ARENA);
+  return huge_init(h, offset, total)->start;
+}
+
+/* A huge block of `size` bytes whose first `have` bytes are the pages at
+ * `data` (moved there, not copied: mremap moves page tables). The data
+ * becomes one mapping of its own, so it can later grow with mremap; the
+ * header is another. NULL (and `data` untouched) on failure. */
+void *bmm__huge_adopt(void *data, size_t have, size_t size) {
+  size_t ps = bmm__os_page_size(), offset = huge_offset(0);
+  if (size > SIZE_MAX - offset - ps) return NULL;
+  size_t bytes = (size + ps - 1) & ~(ps - 1);
+  bmm_arena_t *h = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, true);
+  if (h == NULL) return NULL;
+  if (bmm__os_remap(data, have, bytes, (uint8_t *)h + offset) == NULL) {
+    bmm__os_release(h, offset + bytes);
+    return NULL;
+  }
+  return huge_init(h, offset, offset + bytes)->start;
+}
+
+/* Resize a huge block to hold `size` bytes without copying: its data
+ * mapping shrinks or grows where it stands, or else header and data move
+ * to a fresh region-aligned range (page tables move, bytes do not).
+ * Returns the block's (possibly new) address, or NULL with the block
+ * untouched. */
+void *bmm__huge_resize(bmm_page_t *page, size_t size) {
+  bmm_arena_t *h = bmm__arena_of_page(page);
+  size_t ps = bmm__os_page_size();
+  size_t offset = (size_t)(page->start - (uint8_t *)h);
+  if (size > SIZE_MAX - offset - ps) return NULL;
+  size_t bytes = (size + ps - 1) & ~(ps - 1), old_bytes = h->map_size - offset;
+  if (bytes == old_bytes) return page->start;
+  if (bmm__os_remap(page->start, old_bytes, bytes, NULL) == page->start) {
+    h->map_size = offset + bytes;
+  } else {
+    if (bytes < old_bytes) return NULL;
+    bmm_arena_t *n = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, false);
+    if (n == NULL) return NULL;
+    if (bmm__os_remap(page->start, old_bytes, bytes, (uint8_t *)n + offset) == NULL) {
+      bmm__os_release(n, offset + bytes);
+      return NULL;
+    }
+    /* The data moved; now the header. If its pages cannot move, copy the
+     * part that is ever written (the fields and the block's descriptor). */
+    if (bmm__os_remap(h, offset, offset, n) == NULL) {
+      memcpy(n, h, offsetof(bmm_arena_t, pages));
+      memcpy(&n->pages[offset >> BMM_UNIT_SHIFT], page, sizeof *page);
+      bmm__os_release(h, offset);
+    }
+    region_map_set(n, BMM_REGION_ARENA);
+    region_map_set(h, BMM_REGION_NONE);
+    page = &n->pages[offset >> BMM_UNIT_SHIFT];
+    n->map_base = (uint8_t *)n;
+    n->map_size = offset + bytes;
+    page->start = (uint8_t *)n + offset;
+  }
+  page->block_size = bytes;
+  page->units = (uint32_t)((bytes + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
+  if (bytes > old_bytes)
+    atomic_fetch_add_explicit(&huge_bytes, bytes - old_bytes, memory_order_relaxed);
+  else
+    atomic_fetch_sub_explicit(&huge_bytes, old_bytes - bytes, memory_order_relaxed);
   return page->start;
 }
 
@@ -442,6 +619,7 @@ static bool arena_check(bmm_arena_t *arena) {
     }
     if (page->first_delta != 0 || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
       return false;
+    if (kind == BMM_PAGE_SPANS && page->units != 1) return false;
     if (page->start != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
     for (size_t i = 0; i < page->units; i++) {
       if (page[i].first_delta != i * sizeof(bmm_page_t)) return false;
@@ -459,4 +637,28 @@ bool bmm__arena_check_all(void) {
     if (arena != NULL && !arena_check(arena)) return false;
   }
   return true;
+}
+
+/* fork: no span lock may be held across fork(), or the child would find it
+ * taken forever. Take them all before, release them after, in both. */
+void bmm__arena_fork_prepare(void) {
+  size_t count = bmm__arena_count();
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = arena_at(a);
+    if (arena == NULL) continue;
+    int expected = 0;
+    while (!atomic_compare_exchange_weak_explicit(&arena->span_lock, &expected, 1,
+                                                  memory_order_acquire, memory_order_relaxed)) {
+      expected = 0;
+      bmm__os_yield();
+    }
+  }
+}
+
+void bmm__arena_fork_release(void) {
+  size_t count = bmm__arena_count();
+  for (size_t a = 0; a < count; a++) {
+    bmm_arena_t *arena = arena_at(a);
+    if (arena != NULL) atomic_store_explicit(&arena->span_lock, 0, memory_order_release);
+  }
 }

@@ -74,6 +74,9 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
     else
       free_remote(page, (bmm_block_t *)p);
     return;
+  case BMM_PAGE_SPANS:
+    bmm__span_free(p, page, call);
+    return;
   case BMM_PAGE_LARGE:
   case BMM_PAGE_HUGE:
     if (bmm_unlikely(p != page->start)) {
@@ -124,6 +127,12 @@ size_t bmm__usable_size_checked(const void *p, const char *call) {
       if (is_block_start(page, p)) return page->block_size;
       what = "pointer into the middle of a block";
       break;
+    case BMM_PAGE_SPANS: {
+      size_t usable = bmm__span_usable(p, page);
+      if (usable != 0) return usable;
+      what = "pointer into the middle of a large block, or to a freed one";
+      break;
+    }
     case BMM_PAGE_LARGE:
     case BMM_PAGE_HUGE:
       if (p == page->start) return page->block_size;

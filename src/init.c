@@ -16,8 +16,10 @@ static atomic_int init_state;
 static _Atomic(uintptr_t) init_thread;
 static bool options_seen_env;
 
-/* After fork only the forking thread lives; see bmm__heap_fork_child. */
+/* After fork only the forking thread lives; see bmm__heap_fork_child. The
+ * span locks are taken around fork so that none is copied while held. */
 static void init_fork_child(void) {
+  bmm__arena_fork_release();
   bmm__heap_fork_child(bmm__heap_tls);
 }
 
@@ -38,7 +40,7 @@ void bmm__process_init(void) {
   options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
   bmm__options_init();
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
-  bmm__os_atfork(NULL, NULL, init_fork_child);
+  bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);
   atomic_store_explicit(&init_state, INIT_DONE, memory_order_release);
   bmm__verbose("initialised, version", BMM_VERSION_MAJOR * 10000 + BMM_VERSION_MINOR * 100 +
                                            BMM_VERSION_PATCH);
@@ -63,5 +65,5 @@ BMM_API void bmm_collect(bool force) {
 }
 
 BMM_API bool bmm_heap_check(void) {
-  return bmm__arena_check_all() && bmm__heap_check(bmm__heap_tls);
+  return bmm__arena_check_all() && bmm__span_check_all() && bmm__heap_check(bmm__heap_tls);
 }

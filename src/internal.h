@@ -120,7 +120,16 @@ bmm_inline bmm_arena_t *bmm__arena_of_page(const bmm_page_t *page) {
 /* arena.c: claims runs of units for pages and large blocks, lock-free. */
 bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units);
 void bmm__arena_page_free(bmm_page_t *page);
+bool bmm__arena_claim_units(bmm_arena_t *arena, size_t first, size_t units);
+void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units);
+bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit);
+size_t bmm__arena_count(void);
+bmm_arena_t *bmm__arena_get(size_t index);
+void bmm__arena_fork_prepare(void);
+void bmm__arena_fork_release(void);
 void *bmm__huge_alloc(size_t size, size_t align);
+void *bmm__huge_resize(bmm_page_t *page, size_t size);
+void *bmm__huge_adopt(void *data, size_t have, size_t size);
 void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);
 void bmm__arena_purge_due(void);
@@ -150,9 +159,17 @@ void bmm__heap_collect(bmm_heap_t *heap, bool force);
 bool bmm__heap_check(bmm_heap_t *heap);
 void bmm__heap_fork_child(bmm_heap_t *heap);
 
+/* ---- large.c: blocks above BMM_MEDIUM_MAX ---------------------------- */
+void *bmm__large_alloc(size_t size, size_t align);
+void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size);
+void bmm__span_free(void *p, bmm_page_t *unit, const char *call);
+size_t bmm__span_usable(const void *p, const bmm_page_t *unit);
+bool bmm__span_check_all(void);
+size_t bmm__large_bytes_copied(void);
+void bmm__large_count_copied(size_t bytes);
+
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */
 void *bmm__malloc_generic(bmm_heap_t *heap, size_t size);
-void *bmm__large_alloc(size_t size, size_t align);
 void *bmm__malloc_aligned(size_t size, size_t align);
 void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
@@ -167,6 +184,8 @@ typedef enum bmm_option_e {
   BMM_OPTION_VERBOSE,
   BMM_OPTION_PURGE_LAZY,
   BMM_OPTION_PURGE_DELAY,
+  BMM_OPTION_HUGE_PAGES,
+  BMM_OPTION_ARENA_RELEASE,
   BMM_OPTION_COUNT
 } bmm_option_t;
 extern long bmm__options[BMM_OPTION_COUNT];

@@ -21,6 +21,10 @@ static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
                                "return memory with MADV_FREE (1) or MADV_DONTNEED (0)"},
     [BMM_OPTION_PURGE_DELAY] = {"purge_delay", 100, -1, 3600000,
                                 "ms before freed memory goes back to the OS (0 at once, -1 never)"},
+    [BMM_OPTION_HUGE_PAGES] = {"huge_pages", 0, 0, 1,
+                               "advise transparent huge pages on arenas (2 MiB aligned)"},
+    [BMM_OPTION_ARENA_RELEASE] = {"arena_release", 1, 0, 1,
+                                  "give an arena's address space back once all of it is free"},
 };
 
 long bmm__options[BMM_OPTION_COUNT] = {
@@ -28,6 +32,8 @@ long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_VERBOSE] = 0,
     [BMM_OPTION_PURGE_LAZY] = 0,
     [BMM_OPTION_PURGE_DELAY] = 100,
+    [BMM_OPTION_HUGE_PAGES] = 0,
+    [BMM_OPTION_ARENA_RELEASE] = 1,
 };
 
 /* Index of the option named by the first `len` bytes of `name`, compared

@@ -53,10 +53,23 @@
 #define BMM_DIRECT_COUNT (BMM_SMALL_MAX / BMM_ALIGN + 1)
 #define BMM_CLASS_COUNT 80 /* 16 linear (16..256) + 8 doublings x 8 (..64 KiB) */
 
-/* Large blocks are unit runs inside an arena up to this size; beyond it a
- * block gets a region of its own ("huge"). 16 MiB = 1/16 of an arena, so a
- * few long-lived large blocks cannot fragment an arena badly. */
+/* Large blocks (above BMM_MEDIUM_MAX) are page-granular spans inside an
+ * arena up to this size; beyond it a block gets a region of its own
+ * ("huge") that grows with mremap. 16 MiB: below it, an arena serves a
+ * block with no system call and keeps freed memory for reuse until the
+ * purge delay; above it, mapping costs little next to faulting in 4096+
+ * pages, and an arena (256 MiB) would fragment under a few such blocks. */
 #define BMM_LARGE_MAX ((size_t)16 * 1024 * 1024)
+
+/* Spans are counted in 4 KiB pages (the x86-64 page; the span tables
+ * assume it). */
+#define BMM_SPAN_SHIFT 12
+#define BMM_SPAN_PAGE ((size_t)1 << BMM_SPAN_SHIFT)
+#define BMM_ARENA_PAGES (BMM_REGION_SIZE / BMM_SPAN_PAGE) /* 65536 */
+#define BMM_UNIT_PAGES (BMM_UNIT_SIZE / BMM_SPAN_PAGE)    /* 16 */
+/* Free-span bins: exact for 1..64 pages, then 8 per doubling up to the
+ * arena size: an O(1) good fit with at most 12.5% slack. */
+#define BMM_SPAN_BINS (64 + 10 * 8)
 
 /* ---- Blocks and pages ------------------------------------------------ */
 
@@ -74,6 +87,7 @@ typedef enum bmm_page_kind_e {
   BMM_PAGE_MEDIUM,   /* BMM_MEDIUM_PAGE_UNITS units of one size class */
   BMM_PAGE_LARGE,    /* a run of units holding one block */
   BMM_PAGE_HUGE,     /* the single block of a huge region */
+  BMM_PAGE_SPANS,    /* a unit carved into page-granular large spans */
 } bmm_page_kind_t;
 
 /* Delayed-free state, kept in the low 2 bits of page->thread_free (blocks
@@ -134,6 +148,16 @@ typedef enum bmm_region_kind_e {
   BMM_REGION_ARENA = 1, /* a region with a bmm_arena_t at its start */
 } bmm_region_kind_t;
 
+/* Boundary tags and free-list links of the span at each page of an arena,
+ * kept out of band so that free memory is never touched. Only a span's
+ * first page (head) and last page (tail) entries are meaningful. */
+typedef struct bmm_span_slot_s {
+  uint32_t head; /* at a span's first page: pages << 1 | free */
+  uint32_t tail; /* at a span's last page: pages << 1 | free */
+  uint32_t next; /* free spans: bin list, first page + 1 (0: none) */
+  uint32_t prev;
+} bmm_span_slot_t;
+
 /* An arena is one region: this header, then units. A huge block uses the
  * same header layout so that free() finds its descriptor the same way, but
  * only the one descriptor is ever touched. */
@@ -149,8 +173,21 @@ struct bmm_arena_s {
   _Atomic(uint64_t) purge[BMM_ARENA_WORDS]; /* [atomic] 1 = freed, purge when due */
   _Atomic(int64_t) purge_deadline; /* [atomic] ms when marked units go, 0 if none */
   _Atomic(size_t) purged_bytes;    /* [atomic] accounting: decommitted so far */
+  atomic_int released; /* [atomic] BMM_ARENA_LIVE, _RELEASED, _REVIVING, _RETIRED */
+  /* Large spans: everything below is guarded by span_lock. */
+  atomic_int span_lock;
+  uint32_t span_bin_head[BMM_SPAN_BINS]; /* first page + 1 of a free span, 0: none */
+  uint64_t span_bin_map[(BMM_SPAN_BINS + 63) / 64];
+  bmm_span_slot_t spans[BMM_ARENA_PAGES];
   bmm_page_t pages[BMM_ARENA_UNITS] __attribute__((aligned(128)));
 };
+
+/* An arena whose units are all free gives its data range back to the OS
+ * (RELEASED): all its unit bits stay set so nobody claims there, and the
+ * header stays mapped so stale pointers are still recognised. It is mapped
+ * again (REVIVING, then LIVE) before a new arena is reserved, unless
+ * someone else mapped the range meanwhile (RETIRED for good). */
+enum { BMM_ARENA_LIVE, BMM_ARENA_RELEASED, BMM_ARENA_REVIVING, BMM_ARENA_RETIRED };
 
 #define BMM_ARENA_MAGIC 0x41524e41u /* "ARNA" */
 #define BMM_HUGE_MAGIC 0x45475548u  /* "HUGE" */

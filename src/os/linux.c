@@ -125,10 +125,39 @@ bool bmm__os_rereserve(void *addr, size_t size) {
   return p != MAP_FAILED;
 }
 
+bool bmm__os_reserve_at(void *addr, size_t size) {
+  int prot = os_is_strict_commit() ? PROT_NONE : PROT_READ | PROT_WRITE;
+#ifdef MAP_FIXED_NOREPLACE
+  int flags = MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+#else
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE; /* addr is a hint */
+#endif
+  void *p = mmap(addr, size, prot, flags, -1, 0);
+  if (p == MAP_FAILED) return false;
+  if (p != addr) { /* an old kernel took it as a hint and put it elsewhere */
+    munmap(p, size);
+    return false;
+  }
+  return true;
+}
+
+bool bmm__os_huge_hint(void *addr, size_t size, bool on) {
+#ifdef MADV_HUGEPAGE
+  return madvise(addr, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0;
+#else
+  (void)addr, (void)size, (void)on;
+  return false;
+#endif
+}
+
 int64_t bmm__os_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool bmm__os_reset(void *addr, size_t size) {
+  return madvise(addr, size, MADV_DONTNEED) == 0;
 }
 
 int bmm__os_protect(void *addr, size_t size, int rights) {

@@ -49,8 +49,19 @@ void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr
  * after its pages were moved away with bmm__os_remap. */
 bool bmm__os_rereserve(void *addr, size_t size);
 
+/* Reserve exactly [addr, addr+size) again after it was released, only if
+ * nothing else was mapped there meanwhile. */
+bool bmm__os_reserve_at(void *addr, size_t size);
+
+/* Ask for (or against) transparent huge pages on a range. */
+bool bmm__os_huge_hint(void *addr, size_t size, bool on);
+
 /* Milliseconds on a monotonic clock, cheap (a coarse clock is fine). */
 int64_t bmm__os_now_ms(void);
+
+/* Drop the contents of a range (it reads as zero afterwards) but keep it
+ * accessible; for metadata that must stay readable. */
+bool bmm__os_reset(void *addr, size_t size);
 
 /* Change access rights: BMM_PROT_* bits of brainmm.h semantics
  * (1 read, 2 write, 4 exec). Returns 0 or an errno value. */

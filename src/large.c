@@ -1,0 +1,486 @@
+/* large.c: blocks above the medium limit (64 KiB).
+ *
+ * Up to BMM_LARGE_MAX a block is a *span*: a run of 4 KiB pages inside
+ * arena units that are carved into spans ("span units"). Every page of a
+ * span unit belongs to exactly one span, used or free. Each span has
+ * boundary tags in the arena's span table (length and a free bit at its
+ * first and last page, zero everywhere else), so a freed span finds its
+ * neighbours in O(1) and merges with them: no two free spans are ever
+ * adjacent. Free spans sit in 144 size bins (exact up to 64 pages, then 8
+ * per doubling) with a bitmap of non-empty bins, so allocation is an O(1)
+ * good fit. Whole units inside a free span go back to the arena's unit
+ * bitmap (and are purged after purge_delay), so memory flows between small
+ * pages and spans.
+ *
+ * realloc grows a span in place: first into the free span and free units
+ * on its right, then into those on its left, moving the data left only as
+ * far as needed (with mremap page moves rather than copying when the block
+ * is big), and shrinks it in place. Alignments above a page use plain unit
+ * runs (BMM_PAGE_LARGE); blocks above BMM_LARGE_MAX get a region of their
+ * own (BMM_PAGE_HUGE) that grows with mremap.
+ *
+ * Concurrency: each arena's span table and bins are guarded by its
+ * span_lock (a spin lock that yields). Blocks this large are rare next to
+ * the memcpy and page faults they cost, so one lock per arena is cheap; the
+ * lock is never held while data moves. Unit claims stay lock-free.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+static _Atomic(size_t) bytes_copied; /* realloc accounting */
+
+size_t bmm__large_bytes_copied(void) {
+  return atomic_load_explicit(&bytes_copied, memory_order_relaxed);
+}
+
+void bmm__large_count_copied(size_t bytes) {
+  atomic_fetch_add_explicit(&bytes_copied, bytes, memory_order_relaxed);
+}
+
+/* ---- Lock and geometry ------------------------------------------------ */
+
+static void span_lock(bmm_arena_t *a) {
+  for (unsigned spins = 0;; spins++) {
+    int expected = 0;
+    if (atomic_compare_exchange_weak_explicit(&a->span_lock, &expected, 1, memory_order_acquire,
+                                              memory_order_relaxed))
+      return;
+    if (spins > 16) bmm__os_yield();
+  }
+}
+
+static void span_unlock(bmm_arena_t *a) {
+  atomic_store_explicit(&a->span_lock, 0, memory_order_release);
+}
+
+static inline size_t page_index(const bmm_arena_t *a, const void *p) {
+  return ((uintptr_t)p - (uintptr_t)a) >> BMM_SPAN_SHIFT;
+}
+
+static inline uint8_t *page_addr(bmm_arena_t *a, size_t pg) {
+  return (uint8_t *)a + (pg << BMM_SPAN_SHIFT);
+}
+
+static inline bool page_in_spans(const bmm_arena_t *a, size_t pg) {
+  return pg < BMM_ARENA_PAGES &&
+         atomic_load_explicit(&a->pages[pg / BMM_UNIT_PAGES].kind, memory_order_relaxed) ==
+             BMM_PAGE_SPANS;
+}
+
+static inline size_t pages_for(size_t size) {
+  size_t n = (size + BMM_SPAN_PAGE - 1) >> BMM_SPAN_SHIFT;
+  return n == 0 ? 1 : n;
+}
+
+/* ---- Boundary tags and bins -------------------------------------------- */
+
+static void span_set(bmm_arena_t *a, size_t pg, size_t len, bool free) {
+  a->spans[pg].head = (uint32_t)(len << 1 | free);
+  a->spans[pg + len - 1].tail = (uint32_t)(len << 1 | free);
+}
+
+/* Forget a span's tags: only live boundaries are ever non-zero, which is
+ * what lets free() tell a span start from an interior page. */
+static void span_clear(bmm_arena_t *a, size_t pg, size_t len) {
+  a->spans[pg].head = 0;
+  a->spans[pg + len - 1].tail = 0;
+}
+
+/* The bin holding free spans of `len` pages. */
+static size_t bin_of(size_t len) {
+  if (len <= 64) return len - 1;
+  size_t b = 63 - (size_t)__builtin_clzll(len); /* >= 6 */
+  return 64 + (b - 6) * 8 + ((len >> (b - 3)) & 7);
+}
+
+/* Smallest span length that bin `bin` holds. */
+static size_t bin_min(size_t bin) {
+  if (bin < 64) return bin + 1;
+  size_t b = 6 + (bin - 64) / 8, e = (bin - 64) % 8;
+  return (8 + e) << (b - 3);
+}
+
+static void bin_insert(bmm_arena_t *a, size_t pg, size_t len) {
+  size_t bin = bin_of(len);
+  span_set(a, pg, len, true);
+  uint32_t head = a->span_bin_head[bin];
+  a->spans[pg].next = head;
+  a->spans[pg].prev = 0;
+  if (head) a->spans[head - 1].prev = (uint32_t)(pg + 1);
+  a->span_bin_head[bin] = (uint32_t)(pg + 1);
+  a->span_bin_map[bin / 64] |= (uint64_t)1 << (bin % 64);
+}
+
+static void bin_remove(bmm_arena_t *a, size_t pg) {
+  size_t len = a->spans[pg].head >> 1, bin = bin_of(len);
+  uint32_t next = a->spans[pg].next, prev = a->spans[pg].prev;
+  if (prev) a->spans[prev - 1].next = next;
+  else a->span_bin_head[bin] = next;
+  if (next) a->spans[next - 1].prev = prev;
+  if (a->span_bin_head[bin] == 0) a->span_bin_map[bin / 64] &= ~((uint64_t)1 << (bin % 64));
+  span_clear(a, pg, len);
+}
+
+/* First page of a free span of at least `len` pages, taken out of its bin
+ * (its length in *got), or SIZE_MAX. */
+static size_t bin_take(bmm_arena_t *a, size_t len, size_t *got) {
+  size_t bin = bin_of(len);
+  if (bin_min(bin) < len) bin++; /* every span in the next bin fits */
+  for (size_t w = bin / 64; w < (BMM_SPAN_BINS + 63) / 64; w++) {
+    uint64_t m = a->span_bin_map[w];
+    if (w == bin / 64) m &= ~(uint64_t)0 << (bin % 64);
+    if (m == 0) continue;
+    size_t pg = a->span_bin_head[w * 64 + (size_t)__builtin_ctzll(m)] - 1;
+    *got = a->spans[pg].head >> 1;
+    bin_remove(a, pg);
+    return pg;
+  }
+  return SIZE_MAX;
+}
+
+/* ---- Span units ---------------------------------------------------------- */
+
+static void units_to_spans(bmm_arena_t *a, size_t unit, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    bmm_page_t *d = &a->pages[unit + i];
+    d->first_delta = 0;
+    d->units = 1;
+    d->start = (uint8_t *)a + (unit + i) * BMM_UNIT_SIZE;
+    d->block_size = 0;
+    d->reserved = d->used = 0;
+    atomic_store_explicit(&d->tid, 0, memory_order_relaxed);
+    atomic_store_explicit(&d->kind, BMM_PAGE_SPANS, memory_order_relaxed);
+  }
+}
+
+static void units_release(bmm_arena_t *a, size_t unit, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    atomic_store_explicit(&a->pages[unit + i].kind, BMM_PAGE_FREE, memory_order_relaxed);
+  bmm__arena_release_units(a, unit, n);
+}
+
+/* Make [pg, pg+len) free: merge it with free neighbours, give the whole
+ * units inside back to the arena, bin the rest. Lock held; the range's own
+ * tags are already cleared. */
+static void span_make_free(bmm_arena_t *a, size_t pg, size_t len) {
+  size_t end = pg + len;
+  if (page_in_spans(a, end) && (a->spans[end].head & 1)) {
+    len += a->spans[end].head >> 1;
+    bin_remove(a, end);
+  }
+  if (pg > 0 && page_in_spans(a, pg - 1) && (a->spans[pg - 1].tail & 1)) {
+    size_t left = a->spans[pg - 1].tail >> 1;
+    bin_remove(a, pg - left);
+    pg -= left;
+    len += left;
+  }
+  size_t u0 = (pg + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES, u1 = (pg + len) / BMM_UNIT_PAGES;
+  if (u1 > u0) {
+    if (u0 * BMM_UNIT_PAGES > pg) bin_insert(a, pg, u0 * BMM_UNIT_PAGES - pg);
+    if (pg + len > u1 * BMM_UNIT_PAGES)
+      bin_insert(a, u1 * BMM_UNIT_PAGES, pg + len - u1 * BMM_UNIT_PAGES);
+    units_release(a, u0, u1 - u0);
+  } else {
+    bin_insert(a, pg, len);
+  }
+}
+
+/* ---- Allocation and free ------------------------------------------------- */
+
+static void *span_alloc(size_t n) {
+  bmm_heap_t *heap = bmm__heap_tls;
+  size_t count = bmm__arena_count();
+  size_t start = heap->arena_hint < count ? heap->arena_hint : 0;
+  for (size_t k = 0; k < count; k++) {
+    bmm_arena_t *a = bmm__arena_get((start + k) % count);
+    if (a == NULL) continue;
+    span_lock(a);
+    size_t len, pg = bin_take(a, n, &len);
+    if (pg != SIZE_MAX) {
+      span_set(a, pg, n, false);
+      if (len > n) bin_insert(a, pg + n, len - n); /* neighbours are used: no merge */
+      span_unlock(a);
+      return page_addr(a, pg);
+    }
+    span_unlock(a);
+  }
+  /* No free span fits: carve fresh units. */
+  size_t units = (n + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES;
+  uint32_t hint = heap->arena_hint;
+  bmm_page_t *first = bmm__arena_page_alloc(&hint, units, 1);
+  if (first == NULL) return NULL;
+  if (heap != &bmm__heap_empty) heap->arena_hint = hint;
+  bmm_arena_t *a = bmm__arena_of_page(first);
+  size_t unit = (size_t)(first - a->pages), pg = unit * BMM_UNIT_PAGES;
+  span_lock(a);
+  units_to_spans(a, unit, units);
+  span_set(a, pg, n, false);
+  if (units * BMM_UNIT_PAGES > n) span_make_free(a, pg + n, units * BMM_UNIT_PAGES - n);
+  span_unlock(a);
+  return page_addr(a, pg);
+}
+
+/* Alignments above a page: a run of units aligned as asked (no spans). */
+static void *unit_run_alloc(size_t size, size_t align) {
+  size_t units = size == 0 ? 1 : (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
+  size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
+  bmm_heap_t *heap = bmm__heap_tls;
+  uint32_t hint = heap->arena_hint;
+  bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units);
+  if (page == NULL) return NULL;
+  if (heap != &bmm__heap_empty) heap->arena_hint = hint;
+  page->block_size = units << BMM_UNIT_SHIFT;
+  page->reserved = page->used = 1;
+  atomic_store_explicit(&page->kind, BMM_PAGE_LARGE, memory_order_relaxed);
+  return page->start;
+}
+
+void *bmm__large_alloc(size_t size, size_t align) {
+  if (bmm_unlikely(size > PTRDIFF_MAX)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *p;
+  if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) p = bmm__huge_alloc(size, align);
+  else if (align > BMM_SPAN_PAGE) p = unit_run_alloc(size, align);
+  else p = span_alloc(pages_for(size));
+  if (p == NULL) errno = ENOMEM;
+  return p;
+}
+
+/* Pages of the live span starting at p, or 0 if p starts none. Lock-free:
+ * a live span's tags change only through its owner's calls. */
+static size_t span_pages(bmm_arena_t *a, const void *p) {
+  if ((uintptr_t)p & (BMM_SPAN_PAGE - 1)) return 0;
+  uint32_t head = a->spans[page_index(a, p)].head;
+  return (head & 1) ? 0 : head >> 1;
+}
+
+size_t bmm__span_usable(const void *p, const bmm_page_t *unit) {
+  return span_pages(bmm__arena_of_page(unit), p) << BMM_SPAN_SHIFT;
+}
+
+void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
+  bmm_arena_t *a = bmm__arena_of_page(unit);
+  span_lock(a);
+  size_t len = span_pages(a, p);
+  if (bmm_unlikely(len == 0)) {
+    span_unlock(a);
+    bmm__error(p, call, "double free of a large block, or pointer into one");
+    return;
+  }
+  size_t pg = page_index(a, p);
+  span_clear(a, pg, len);
+  span_make_free(a, pg, len);
+  span_unlock(a);
+}
+
+/* ---- Resizing ------------------------------------------------------------ */
+
+/* Move `bytes` of data from src down to dst (dst < src, both page
+ * aligned). Big blocks move by remapping chunks of (src - dst) bytes, each
+ * into the hole the previous one left, when that takes few system calls;
+ * the last hole is mapped afresh. Otherwise memmove. */
+static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
+  size_t shift = (size_t)(src - dst);
+  if (bytes >= ((size_t)1 << 20) && bytes / shift <= 64) {
+    size_t off = 0;
+    while (off < bytes) {
+      size_t chunk = bytes - off < shift ? bytes - off : shift;
+      if (bmm__os_remap(src + off, chunk, chunk, dst + off) == NULL) break;
+      off += chunk;
+    }
+    /* The range the last moved chunk left is unmapped: map it again (and,
+     * after a failed remap, copy the rest the ordinary way). */
+    size_t hole = off == 0 ? 0 : (off < shift ? off : shift);
+    if (hole) bmm__os_rereserve(src + off - hole, hole);
+    if (off == bytes) return;
+    memmove(dst + off, src + off, bytes - off);
+    bmm__large_count_copied(bytes - off);
+    return;
+  }
+  memmove(dst, src, bytes);
+  bmm__large_count_copied(bytes);
+}
+
+/* Count free units from `unit` upwards (dir +1) or downwards (dir -1),
+ * stopping once `enough` are found. */
+static size_t free_units(bmm_arena_t *a, size_t unit, int dir, size_t enough) {
+  size_t n = 0;
+  while (n < enough && bmm__arena_unit_is_free(a, unit)) {
+    n++;
+    if (dir < 0 && unit == 0) break;
+    unit += (size_t)(ptrdiff_t)dir;
+  }
+  return n;
+}
+
+/* Resize the span at p to `n` pages where it stands, taking free space on
+ * the right first, then on the left. Returns the block's new address, or
+ * NULL when the neighbours cannot give enough (nothing changed then). */
+static void *span_resize(void *p, bmm_page_t *unit, size_t n) {
+  bmm_arena_t *a = bmm__arena_of_page(unit);
+  size_t pg = page_index(a, p);
+  span_lock(a);
+  size_t len = span_pages(a, p);
+  if (n <= len) {
+    if (n < len) {
+      span_clear(a, pg, len);
+      span_set(a, pg, n, false);
+      span_make_free(a, pg + n, len - n);
+    }
+    span_unlock(a);
+    return p;
+  }
+  size_t need = n - len, end = pg + len;
+  /* Right: a free span, then (from a unit boundary) free units. */
+  size_t r_span = page_in_spans(a, end) && (a->spans[end].head & 1) ? a->spans[end].head >> 1 : 0;
+  size_t after = end + r_span, r_units = 0;
+  if (r_span < need && after % BMM_UNIT_PAGES == 0)
+    r_units = free_units(a, after / BMM_UNIT_PAGES, +1,
+                         (need - r_span + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES);
+  size_t right = r_span + r_units * BMM_UNIT_PAGES;
+  if (right > need) right = need;
+  size_t left = need - right;
+  /* Left, only for what the right cannot give. */
+  size_t l_span = 0, before = pg, l_units = 0;
+  if (left > 0) {
+    if (pg > 0 && page_in_spans(a, pg - 1) && (a->spans[pg - 1].tail & 1))
+      l_span = a->spans[pg - 1].tail >> 1;
+    before = pg - l_span;
+    if (l_span < left && before % BMM_UNIT_PAGES == 0 && before > 0)
+      l_units = free_units(a, before / BMM_UNIT_PAGES - 1, -1,
+                           (left - l_span + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES);
+    if (l_span + l_units * BMM_UNIT_PAGES < left) {
+      span_unlock(a);
+      return NULL;
+    }
+  }
+  /* Claim only the units needed; give up if another thread got them. */
+  size_t r_claim = right > r_span ? (right - r_span + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES : 0;
+  size_t l_claim = left > l_span ? (left - l_span + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES : 0;
+  if (r_claim && !bmm__arena_claim_units(a, after / BMM_UNIT_PAGES, r_claim)) {
+    span_unlock(a);
+    return NULL;
+  }
+  size_t l_first = before / BMM_UNIT_PAGES - l_claim;
+  if (l_claim && !bmm__arena_claim_units(a, l_first, l_claim)) {
+    if (r_claim) bmm__arena_release_units(a, after / BMM_UNIT_PAGES, r_claim);
+    span_unlock(a);
+    return NULL;
+  }
+  if (r_claim) units_to_spans(a, after / BMM_UNIT_PAGES, r_claim);
+  if (l_claim) units_to_spans(a, l_first, l_claim);
+  if (r_span) bin_remove(a, end);
+  if (left > 0 && l_span) bin_remove(a, before);
+  size_t new_pg = pg - left;
+  span_clear(a, pg, len);
+  span_set(a, new_pg, n, false);
+  size_t r_free = end + right, r_end = after + r_claim * BMM_UNIT_PAGES;
+  if (r_end > r_free) span_make_free(a, r_free, r_end - r_free);
+  if (left > 0) {
+    size_t l_start = before - l_claim * BMM_UNIT_PAGES;
+    if (new_pg > l_start) span_make_free(a, l_start, new_pg - l_start);
+  }
+  span_unlock(a);
+  /* The whole new span is ours now: move the data outside the lock. */
+  if (left > 0) move_down(page_addr(a, new_pg), page_addr(a, pg), len << BMM_SPAN_SHIFT);
+  return page_addr(a, new_pg);
+}
+
+/* A span grown past BMM_LARGE_MAX becomes huge; a big one moves its pages
+ * into the new mapping instead of copying them. */
+static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
+  bmm_arena_t *a = bmm__arena_of_page(unit);
+  size_t bytes = span_pages(a, p) << BMM_SPAN_SHIFT;
+  uint8_t *q = bytes >= ((size_t)1 << 20) ? bmm__huge_adopt(p, bytes, size) : NULL;
+  if (q != NULL) {
+    bmm__os_rereserve(p, bytes); /* the span's range is a hole now */
+  } else {
+    q = bmm__huge_alloc(size, 0);
+    if (q == NULL) return NULL;
+    memcpy(q, p, bytes);
+    bmm__large_count_copied(bytes);
+  }
+  bmm__span_free(p, unit, "realloc");
+  return q;
+}
+
+/* realloc of a large or huge block without copying where possible:
+ * returns the (possibly moved) block, or NULL when the caller has to
+ * allocate, copy and free (the block is untouched then). */
+void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size) {
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if (size <= BMM_MEDIUM_MAX) return NULL; /* small blocks live elsewhere */
+  if (kind == BMM_PAGE_SPANS) {
+    if (size <= BMM_LARGE_MAX) return span_resize(p, page, pages_for(size));
+    return span_to_huge(p, page, size);
+  }
+  if (kind == BMM_PAGE_HUGE && size > BMM_LARGE_MAX) return bmm__huge_resize(page, size);
+  return NULL;
+}
+
+/* ---- Checks -------------------------------------------------------------- */
+
+/* Walk every span unit of every arena: spans tile the span units, tags at
+ * both ends agree, no two free spans touch, and every free span is in the
+ * bin its length says. */
+static bool span_check_arena(bmm_arena_t *a) {
+  span_lock(a);
+  bool ok = true;
+  size_t free_count = 0, binned = 0;
+  bool prev_free = false;
+  for (size_t u = BMM_ARENA_HEADER_UNITS; u < BMM_ARENA_UNITS && ok;) {
+    if (!page_in_spans(a, u * BMM_UNIT_PAGES)) {
+      u++;
+      prev_free = false;
+      continue;
+    }
+    size_t pg = u * BMM_UNIT_PAGES;
+    /* A span unit run: walk spans until the run ends at a non-span unit. */
+    while (ok && page_in_spans(a, pg)) {
+      uint32_t head = a->spans[pg].head;
+      size_t len = head >> 1;
+      if (len == 0 || pg + len > BMM_ARENA_PAGES) {
+        ok = false;
+        break;
+      }
+      if (a->spans[pg + len - 1].tail != head) ok = false;
+      for (size_t q = pg; q < pg + len; q += BMM_UNIT_PAGES - (q % BMM_UNIT_PAGES))
+        if (!page_in_spans(a, q)) ok = false;
+      if (head & 1) {
+        if (prev_free) ok = false;
+        free_count++;
+      }
+      prev_free = head & 1;
+      pg += len;
+    }
+    u = (pg + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES;
+    if (pg % BMM_UNIT_PAGES != 0) ok = false; /* a run ends on a unit boundary */
+    prev_free = false;
+  }
+  for (size_t b = 0; b < BMM_SPAN_BINS && ok; b++) {
+    bool nonempty = a->span_bin_head[b] != 0;
+    if (nonempty != ((a->span_bin_map[b / 64] >> (b % 64)) & 1)) ok = false;
+    uint32_t prev = 0;
+    for (uint32_t i = a->span_bin_head[b]; i != 0 && ok; i = a->spans[i - 1].next) {
+      uint32_t head = a->spans[i - 1].head;
+      if (!(head & 1) || bin_of(head >> 1) != b || a->spans[i - 1].prev != prev) ok = false;
+      if (++binned > free_count) ok = false; /* a cycle, or a span not in a unit */
+      prev = i;
+    }
+  }
+  if (binned != free_count) ok = false;
+  span_unlock(a);
+  return ok;
+}
+
+bool bmm__span_check_all(void) {
+  size_t count = bmm__arena_count();
+  for (size_t i = 0; i < count; i++) {
+    bmm_arena_t *a = bmm__arena_get(i);
+    if (a != NULL && !span_check_arena(a)) return false;
+  }
+  return true;
+}
