@@ -227,6 +227,10 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls) {
     heap_page_to_full(heap, page);
     page = next;
   }
+  /* Once per page exhausted: a good beat for delayed purging, so that a
+   * program that only allocates small blocks after freeing big ones still
+   * gives the memory back (one atomic load while nothing is pending). */
+  bmm__arena_purge_due();
   page = heap_adopt_class(heap, cls);
   if (page != NULL) return page;
   return heap_page_fresh(heap, cls);

@@ -241,6 +241,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
     errno = ENOMEM;
     return NULL;
   }
+  bmm__arena_purge_due(); /* a free span may serve this: no arena call */
   void *p;
   if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) p = bmm__huge_alloc(size, align);
   else if (align > BMM_SPAN_PAGE) p = unit_run_alloc(size, align);
@@ -274,6 +275,7 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
   span_clear(a, pg, len);
   span_make_free(a, pg, len);
   span_unlock(a);
+  bmm__arena_purge_due();
 }
 
 /* ---- Resizing ------------------------------------------------------------ */
