@@ -48,6 +48,75 @@ BMM_API size_t bmm_usable_size(const void *p);
 BMM_API void bmm_free_sized(void *p, size_t size);
 BMM_API void bmm_free_aligned_sized(void *p, size_t align, size_t size);
 
+/* ---- 2. Aligned memory that stays aligned ----------------------------- */
+
+/* align: any power of two (16 .. 1 GiB and beyond; smaller means 16). The
+ * block remembers it: bmm_realloc, bmm_reget and bmm_expand keep it. Not a
+ * power of two: NULL with errno EINVAL. */
+BMM_API BMM_MALLOC_ATTR void *bmm_malloc_aligned(size_t size, size_t align);
+BMM_API BMM_MALLOC_ATTR void *bmm_calloc_aligned(size_t count, size_t size, size_t align);
+
+/* ---- 3. Resizing without copying -------------------------------------- */
+
+/* Like realloc, but the contents are NOT kept (no copy when the block
+ * moves). bmm_reget(p, 0) frees p and returns NULL. */
+BMM_API void *bmm_reget(void *p, size_t size);
+/* Grow or shrink in place only: p when the block now has at least `size`
+ * usable bytes where it stands; NULL (errno ENOMEM, p untouched and still
+ * valid) when it cannot. */
+BMM_API void *bmm_expand(void *p, size_t size);
+
+/* ---- 4. Memory blocks: fixed size, aligned to their size --------------- */
+
+typedef enum bmm_block_size {
+  BMM_BLOCK_4K,
+  BMM_BLOCK_16K,
+  BMM_BLOCK_64K,
+  BMM_BLOCK_256K,
+  BMM_BLOCK_1M,
+  BMM_BLOCK_4M,
+  BMM_BLOCK_16M,
+  BMM_BLOCK_64M,
+  BMM_BLOCK_256M
+} bmm_block_size_t;
+#define BMM_BLOCK_BYTES(bs) ((size_t)4096 << (2 * (bs)))
+#define BMM_BLOCK_OF(p, bs) \
+  ((void *)((uintptr_t)(p) & ~(uintptr_t)(BMM_BLOCK_BYTES(bs) - 1)))
+BMM_API void *bmm_block_alloc(bmm_block_size_t bs); /* NULL + EINVAL for an unknown size */
+BMM_API void bmm_block_free(void *block);
+
+/* ---- 5. Pages ----------------------------------------------------------- */
+
+enum { BMM_PROT_NONE = 0, BMM_PROT_READ = 1, BMM_PROT_WRITE = 2, BMM_PROT_EXEC = 4 };
+BMM_API size_t bmm_page_size(void);
+BMM_API void *bmm_pages_alloc(size_t count);                /* zeroed, page aligned */
+BMM_API void *bmm_pages_realloc(void *pages, size_t count); /* contents kept */
+BMM_API void *bmm_pages_reget(void *pages, size_t count);   /* contents not kept */
+BMM_API void bmm_pages_free(void *pages);
+/* Any page-aligned memory of the process; returns 0 or an errno value. */
+BMM_API int bmm_pages_protect(void *addr, size_t count, int rights);
+
+/* ---- 6. Fast aligned move --------------------------------------------- */
+
+/* Move count16 units of 16 bytes from src to dst, both 16-byte aligned;
+ * the regions may overlap (memmove semantics). */
+BMM_API void bmm_move16(void *dst, const void *src, size_t count16);
+
+/* ---- 7. JIT heap: executable memory ----------------------------------- */
+
+typedef struct bmm_jit bmm_jit_t;
+enum { BMM_JIT_SPLIT = 1 }; /* W^X: write through a second mapping */
+
+BMM_API bmm_jit_t *bmm_jit_new(int flags);
+BMM_API void bmm_jit_delete(bmm_jit_t *jit);
+BMM_API void bmm_jit_clear(bmm_jit_t *jit); /* frees every block at once */
+BMM_API void *bmm_jit_alloc(bmm_jit_t *jit, size_t size); /* caller serializes */
+BMM_API void bmm_jit_free(bmm_jit_t *jit, void *code);
+BMM_API void *bmm_jit_alloc_sync(bmm_jit_t *jit, size_t size); /* internally locked */
+BMM_API void bmm_jit_free_sync(bmm_jit_t *jit, void *code);
+BMM_API void *bmm_jit_writable(bmm_jit_t *jit, void *code); /* where to write the code */
+BMM_API void bmm_jit_flush(void *code, size_t size);        /* make new code visible */
+
 /* ---- 10. Introspection and control (the parts implemented so far) ----- */
 
 /* Return free memory held by this thread's heap and the arenas to the OS. */

@@ -1,17 +1,48 @@
-/* aligned.c: aligned allocation. No over-allocation for alignments up to
- * a unit (64 KiB): blocks sit at multiples of their size from a 64 KiB
- * aligned page start, so a class whose size is a multiple of the alignment
- * gives naturally aligned blocks. Powers of two are classes, so such a
- * class always exists, and the block needs no header to be freed. Larger
- * alignments are aligned unit runs or aligned huge regions.
+/* aligned.c: aligned allocation (API sections 1 and 2). No
+ * over-allocation for alignments up to a unit (64 KiB): blocks sit at
+ * multiples of their size from a 64 KiB aligned page start, so a class
+ * whose size is a multiple of the alignment gives naturally aligned blocks.
+ * Powers of two are classes, so such a class always exists, and the block
+ * needs no header to be freed. The block remembers its alignment without a
+ * header either: aligned requests use their own page queues, and a page
+ * records the largest alignment it served (every block of the page has
+ * it, since the class size is a multiple of it); large blocks record it in
+ * their descriptor or span. Larger alignments are aligned unit runs,
+ * aligned huge regions, or exact mappings of their own (256 MiB and up).
  */
+#include <string.h>
+
 #include "fastpath.h"
 
 static inline bool is_pow2(size_t x) {
   return x != 0 && (x & (x - 1)) == 0;
 }
 
-/* align: a power of two. */
+/* The slow half of an aligned small/medium request: a page of aligned
+ * queue `qi` with a free block. */
+static bmm_noinline void *aligned_generic(size_t qi, unsigned lg) {
+  bmm_heap_t *heap = bmm__heap_tls;
+  if (heap == &bmm__heap_empty && (heap = bmm__heap_init_thread()) == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
+    bmm__heap_process_delayed(heap);
+  bmm_page_t *page = bmm__heap_find_page(heap, qi);
+  if (bmm_unlikely(page == NULL)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  bmm_block_t *block = page->free;
+  page->free = block->next;
+  page->used++;
+  if (page->align_log < lg) page->align_log = (uint8_t)lg;
+  return block;
+}
+
+/* align: a power of two. Small and medium requests come from pages of the
+ * aligned queues, which remember the largest alignment they served (so a
+ * realloc keeps it), in a class whose size is a multiple of `align`. */
 void *bmm__malloc_aligned(size_t size, size_t align) {
   if (align <= BMM_ALIGN) return bmm__malloc_fast(size);
   if (bmm_unlikely(size > PTRDIFF_MAX)) {
@@ -23,15 +54,42 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
     if (want <= BMM_MEDIUM_MAX) {
       size_t cls = bmm__class_of(want);
       while (bmm__class_size(cls) % align != 0) cls++;
-      return bmm__malloc_fast(bmm__class_size(cls));
+      unsigned lg = (unsigned)__builtin_ctzll(align);
+      bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + cls].first;
+      bmm_block_t *block;
+      if (bmm_likely(page != NULL && (block = page->free) != NULL)) {
+        page->free = block->next;
+        page->used++;
+        if (bmm_unlikely(page->align_log < lg)) page->align_log = (uint8_t)lg;
+        return block;
+      }
+      return aligned_generic(BMM_CLASS_COUNT + cls, lg);
     }
   }
-  bmm_heap_t *heap = bmm__heap_tls;
-  if (bmm_unlikely(heap == &bmm__heap_empty) && bmm__heap_init_thread() == NULL) {
+  return bmm__large_alloc(size, align);
+}
+
+BMM_API void *bmm_malloc_aligned(size_t size, size_t align) {
+  if (!is_pow2(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return bmm__malloc_aligned(size, align);
+}
+
+BMM_API void *bmm_calloc_aligned(size_t count, size_t size, size_t align) {
+  size_t total;
+  if (!is_pow2(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
     return NULL;
   }
-  return bmm__large_alloc(size, align);
+  void *p = bmm__malloc_aligned(total, align);
+  if (p != NULL) memset(p, 0, total);
+  return p;
 }
 
 BMM_API int bmm_posix_memalign(void **out, size_t align, size_t size) {

@@ -57,6 +57,59 @@ BMM_API void *bmm_calloc(size_t count, size_t size) {
   return p;
 }
 
+/* Usable size of the live block at p and the alignment it must keep (0:
+ * the usual 16 bytes); 0 after reporting p as misuse. */
+static size_t block_info(void *p, const char *call, size_t *align, bmm_page_t **page) {
+  *page = bmm__page_of(p);
+  *align = 0;
+  if (*page == NULL) {
+    size_t size = bmm__region_block_size(p, align);
+    if (size == 0) bmm__error(p, call, "pointer was not allocated by BrainMM");
+    return size;
+  }
+  size_t usable = bmm__usable_size_checked(p, call);
+  if (usable == 0) return 0;
+  uint8_t kind = atomic_load_explicit(&(*page)->kind, memory_order_relaxed);
+  if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM)
+    *align = (*page)->align_log ? (size_t)1 << (*page)->align_log : 0;
+  else
+    *align = bmm__large_align(p, *page);
+  return usable;
+}
+
+/* realloc, reget and expand: in place when the block allows it (large
+ * blocks grow into their neighbours or remap), else a new block with the
+ * same alignment, the contents copied unless reget. */
+static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *call) {
+  size_t align;
+  bmm_page_t *page;
+  size_t usable = block_info(p, call, &align, &page);
+  if (bmm_unlikely(usable == 0)) { /* already reported as misuse */
+    errno = EINVAL;
+    return NULL;
+  }
+  if (page != NULL && usable > BMM_MEDIUM_MAX) {
+    void *q = bmm__large_realloc(p, page, size, mode);
+    if (q != NULL) return q;
+  }
+  /* Keep the block when the new size fits and does not waste more than
+   * half of it (expand keeps it whenever it fits). */
+  if (size <= usable && (size >= usable / 2 || mode == BMM_RESIZE_EXPAND)) return p;
+  if (mode == BMM_RESIZE_EXPAND) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *q = align ? bmm__malloc_aligned(size, align) : bmm__malloc_fast(size);
+  if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
+  if (mode == BMM_RESIZE_REALLOC) {
+    size_t keep = size < usable ? size : usable;
+    memcpy(q, p, keep);
+    if (keep > BMM_MEDIUM_MAX) bmm__large_count_copied(keep);
+  }
+  bmm__free_fast(p, call);
+  return q;
+}
+
 BMM_API void *bmm_realloc(void *p, size_t size) {
   if (p == NULL) return bmm__malloc_fast(size);
   if (size == 0) {
@@ -64,26 +117,24 @@ BMM_API void *bmm_realloc(void *p, size_t size) {
     bmm__free_fast(p, "realloc");
     return NULL;
   }
-  size_t usable = bmm__usable_size_checked(p, "realloc");
-  if (bmm_unlikely(usable == 0)) { /* already reported as misuse */
+  return resize_block(p, size, BMM_RESIZE_REALLOC, "realloc");
+}
+
+BMM_API void *bmm_reget(void *p, size_t size) {
+  if (p == NULL) return bmm__malloc_fast(size);
+  if (size == 0) {
+    bmm__free_fast(p, "bmm_reget");
+    return NULL;
+  }
+  return resize_block(p, size, BMM_RESIZE_REGET, "bmm_reget");
+}
+
+BMM_API void *bmm_expand(void *p, size_t size) {
+  if (p == NULL) {
     errno = EINVAL;
     return NULL;
   }
-  if (usable > BMM_MEDIUM_MAX) {
-    /* Large and huge blocks resize in place or move pages, not bytes. */
-    void *q = bmm__large_realloc(p, bmm__page_of(p), size);
-    if (q != NULL) return q;
-  }
-  /* Keep the block when the new size fits and does not waste more than
-   * half of it. */
-  if (size <= usable && size >= usable / 2) return p;
-  void *q = bmm__malloc_fast(size);
-  if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
-  size_t keep = size < usable ? size : usable;
-  memcpy(q, p, keep);
-  if (keep > BMM_MEDIUM_MAX) bmm__large_count_copied(keep);
-  bmm__free_fast(p, "realloc");
-  return q;
+  return resize_block(p, size, BMM_RESIZE_EXPAND, "bmm_expand");
 }
 
 BMM_API void *bmm_reallocarray(void *p, size_t count, size_t size) {

@@ -531,7 +531,9 @@ void *bmm__huge_alloc(size_t size, size_t align) {
     errno = ENOMEM;
     return NULL;
   }
-  return huge_init(h, offset, total)->start;
+  bmm_page_t *page = huge_init(h, offset, total);
+  page->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
+  return page->start;
 }
 
 /* A huge block of `size` bytes whose first `have` bytes are the pages at
@@ -556,7 +558,7 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
  * to a fresh region-aligned range (page tables move, bytes do not).
  * Returns the block's (possibly new) address, or NULL with the block
  * untouched. */
-void *bmm__huge_resize(bmm_page_t *page, size_t size) {
+void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
   bmm_arena_t *h = bmm__arena_of_page(page);
   size_t ps = bmm__os_page_size();
   size_t offset = (size_t)(page->start - (uint8_t *)h);
@@ -566,7 +568,7 @@ void *bmm__huge_resize(bmm_page_t *page, size_t size) {
   if (bmm__os_remap(page->start, old_bytes, bytes, NULL) == page->start) {
     h->map_size = offset + bytes;
   } else {
-    if (bytes < old_bytes) return NULL;
+    if (bytes < old_bytes || !may_move) return NULL;
     bmm_arena_t *n = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, false);
     if (n == NULL) return NULL;
     if (bmm__os_remap(page->start, old_bytes, bytes, (uint8_t *)n + offset) == NULL) {
@@ -602,6 +604,97 @@ void bmm__huge_free(bmm_page_t *page) {
   atomic_fetch_sub_explicit(&huge_bytes, h->map_size, memory_order_relaxed);
   atomic_fetch_add_explicit(&huge_purged, h->map_size, memory_order_relaxed);
   bmm__os_release(h->map_base, h->map_size);
+}
+
+/* ---- Region blocks ---------------------------------------------------- */
+
+/* Blocks aligned to a region or more (a 256 MiB memory block, an
+ * alignment of 256 MiB .. 1 GiB and up) cannot keep a header in their own
+ * region: they are exact mappings (reserved with alignment, trimmed, so no
+ * address space is stranded), marked BMM_REGION_BLOCK in the region map and
+ * listed here. Rare and huge, so a small table under a spin lock. */
+#define BMM_REGION_BLOCKS 256
+static struct {
+  uintptr_t base;
+  size_t size;
+  size_t align;
+} region_blocks[BMM_REGION_BLOCKS];
+static atomic_int region_blocks_lock;
+
+static void region_blocks_acquire(void) {
+  int expected = 0;
+  while (!atomic_compare_exchange_weak_explicit(&region_blocks_lock, &expected, 1,
+                                                memory_order_acquire, memory_order_relaxed)) {
+    expected = 0;
+    bmm__os_yield();
+  }
+}
+
+static void region_blocks_release(void) {
+  atomic_store_explicit(&region_blocks_lock, 0, memory_order_release);
+}
+
+void *bmm__region_block_alloc(size_t size, size_t align) {
+  size_t ps = bmm__os_page_size();
+  if (align < BMM_REGION_SIZE) align = BMM_REGION_SIZE;
+  if (size > SIZE_MAX - align - ps) return NULL;
+  size = size == 0 ? ps : (size + ps - 1) & ~(ps - 1);
+  uint8_t *p = bmm__os_reserve_aligned(size, align, true);
+  if (p == NULL) return NULL;
+  region_blocks_acquire();
+  size_t i = 0;
+  while (i < BMM_REGION_BLOCKS && region_blocks[i].base != 0) i++;
+  if (i == BMM_REGION_BLOCKS) {
+    region_blocks_release();
+    bmm__os_release(p, size);
+    return NULL;
+  }
+  region_blocks[i].base = (uintptr_t)p;
+  region_blocks[i].size = size;
+  region_blocks[i].align = align;
+  region_map_set(p, BMM_REGION_BLOCK);
+  region_blocks_release();
+  atomic_fetch_add_explicit(&huge_bytes, size, memory_order_relaxed);
+  return p;
+}
+
+/* Size of the region block starting at p, or 0; its alignment in *align
+ * (if not NULL). */
+size_t bmm__region_block_size(const void *p, size_t *align) {
+  uintptr_t r = (uintptr_t)p >> BMM_REGION_SHIFT;
+  if (r >= BMM_REGION_MAP_SIZE ||
+      atomic_load_explicit(&bmm__region_map[r], memory_order_acquire) != BMM_REGION_BLOCK)
+    return 0;
+  size_t size = 0;
+  region_blocks_acquire();
+  for (size_t i = 0; i < BMM_REGION_BLOCKS; i++) {
+    if (region_blocks[i].base == (uintptr_t)p) {
+      size = region_blocks[i].size;
+      if (align != NULL) *align = region_blocks[i].align;
+    }
+  }
+  region_blocks_release();
+  return size;
+}
+
+/* Free the region block starting at p; false if there is none. */
+bool bmm__region_block_free(void *p) {
+  size_t size = 0;
+  region_blocks_acquire();
+  for (size_t i = 0; i < BMM_REGION_BLOCKS; i++) {
+    if (region_blocks[i].base == (uintptr_t)p && p != NULL) {
+      size = region_blocks[i].size;
+      region_blocks[i].base = 0;
+      region_map_set(p, BMM_REGION_NONE);
+      break;
+    }
+  }
+  region_blocks_release();
+  if (size == 0) return false;
+  atomic_fetch_sub_explicit(&huge_bytes, size, memory_order_relaxed);
+  atomic_fetch_add_explicit(&huge_purged, size, memory_order_relaxed);
+  bmm__os_release(p, size);
+  return true;
 }
 
 /* ---- Checks ---------------------------------------------------------- */

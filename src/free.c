@@ -56,7 +56,7 @@ static bool is_block_start(const bmm_page_t *page, const void *p) {
 bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
-    bmm__error(p, call, "pointer was not allocated by BrainMM");
+    if (!bmm__region_block_free(p)) bmm__error(p, call, "pointer was not allocated by BrainMM");
     return;
   }
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
@@ -149,5 +149,6 @@ size_t bmm__usable_size_checked(const void *p, const char *call) {
 
 BMM_API size_t bmm_usable_size(const void *p) {
   if (p == NULL) return 0;
+  if (!bmm__is_ours(p)) return bmm__region_block_size(p, NULL);
   return bmm__usable_size_checked(p, NULL);
 }

@@ -33,11 +33,14 @@ __thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
 
 static _Atomic(bmm_heap_t *) heap_pool;                   /* recycled heaps */
 static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
+#define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* ---- Queues and the direct table ------------------------------------- */
 
-/* Point the direct entries of class `cls` at its queue's first page. */
+/* Point the direct entries of class `cls` at its queue's first page (the
+ * direct table serves plain requests only: nothing for aligned queues). */
 static void heap_direct_update(bmm_heap_t *heap, size_t cls) {
+  if (cls >= BMM_CLASS_COUNT) return;
   size_t size = bmm__class_size(cls);
   if (size > BMM_SMALL_MAX) return;
   bmm_page_t *page = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
@@ -61,26 +64,35 @@ static void queue_push_front(bmm_page_queue_t *q, bmm_page_t *page) {
   q->first = page;
 }
 
+/* The queue a page belongs in: by class, aligned pages apart. */
+static inline size_t page_queue_index(const bmm_page_t *page) {
+  return page->class_idx + (page->align_log ? BMM_CLASS_COUNT : 0);
+}
+
+static inline bmm_page_queue_t *page_queue(bmm_heap_t *heap, const bmm_page_t *page) {
+  return &heap->queues[page_queue_index(page)];
+}
+
 static void heap_queue_remove(bmm_heap_t *heap, bmm_page_t *page) {
-  bmm_page_queue_t *q = &heap->queues[page->class_idx];
+  bmm_page_queue_t *q = page_queue(heap, page);
   bool was_first = q->first == page;
   queue_remove(q, page);
-  if (was_first) heap_direct_update(heap, page->class_idx);
+  if (was_first) heap_direct_update(heap, page_queue_index(page));
 }
 
 static void heap_queue_push_front(bmm_heap_t *heap, bmm_page_t *page) {
-  queue_push_front(&heap->queues[page->class_idx], page);
-  heap_direct_update(heap, page->class_idx);
+  queue_push_front(page_queue(heap, page), page);
+  heap_direct_update(heap, page_queue_index(page));
 }
 
 static void heap_queue_push_back(bmm_heap_t *heap, bmm_page_t *page) {
-  bmm_page_queue_t *q = &heap->queues[page->class_idx];
+  bmm_page_queue_t *q = page_queue(heap, page);
   page->next = NULL;
   page->prev = q->last;
   if (q->last) q->last->next = page;
   else q->first = page;
   q->last = page;
-  if (q->first == page) heap_direct_update(heap, page->class_idx);
+  if (q->first == page) heap_direct_update(heap, page_queue_index(page));
 }
 
 /* A page with no free block leaves the search path. From now on the first
@@ -125,7 +137,7 @@ static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page) {
  * release a page every time. */
 void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page) {
   if (page->in_full) heap_page_unfull(heap, page);
-  if (page->used == 0 && heap->queues[page->class_idx].first != page) {
+  if (page->used == 0 && page_queue(heap, page)->first != page) {
     heap_queue_remove(heap, page);
     bmm__arena_page_free(page);
   }
@@ -164,10 +176,12 @@ static void heap_adopt_page(bmm_heap_t *heap, bmm_page_t *page) {
   }
 }
 
-/* Take over every abandoned page of class `cls`; returns one with free
- * blocks, first in its queue, or NULL. Empty pages beyond that one go back
- * to the arena. */
-static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t cls) {
+/* Take over every abandoned page of the class of queue `qi` (plain and
+ * aligned pages alike; each goes to its own queue); returns one of queue
+ * `qi` with free blocks, first in its queue, or NULL. Empty pages beyond
+ * that one go back to the arena. */
+static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t qi) {
+  size_t cls = qi % BMM_CLASS_COUNT;
   if (atomic_load_explicit(&abandoned[cls], memory_order_relaxed) == NULL) return NULL;
   /* Taking the whole list with one exchange has no ABA problem. acquire:
    * pairs with the abandoning thread's release push, so its writes to the
@@ -178,36 +192,41 @@ static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t cls) {
     bmm_page_t *next = page->abandoned_next;
     page->abandoned_next = NULL;
     heap_adopt_page(heap, page);
-    if (page->used == 0 && found != NULL) {
+    bool mine = page_queue_index(page) == qi;
+    if (page->used == 0 && (found != NULL || !mine)) {
       heap_queue_remove(heap, page);
       bmm__arena_page_free(page);
-    } else if (found == NULL && page->free != NULL) {
+    } else if (found == NULL && mine && page->free != NULL) {
       found = page;
     }
     page = next;
   }
-  if (found != NULL && heap->queues[cls].first != found) {
+  if (found != NULL && heap->queues[qi].first != found) {
     heap_queue_remove(heap, found);
     heap_queue_push_front(heap, found);
   }
   return found;
 }
 
-static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t cls) {
+static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t qi) {
+  size_t cls = qi % BMM_CLASS_COUNT;
   size_t units = bmm__class_size(cls) <= BMM_SMALL_PAGE_MAX ? 1 : BMM_MEDIUM_PAGE_UNITS;
   bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1);
   if (page == NULL) return NULL;
   bmm__page_init(page, heap, cls);
+  /* An aligned page starts at the trivial 16; aligned requests raise it. */
+  if (qi >= BMM_CLASS_COUNT) page->align_log = 4;
   bmm__page_extend(page);
   heap_queue_push_front(heap, page);
   return page;
 }
 
-/* The slow path of malloc: find a page of class `cls` with a free block,
- * collecting frees as it goes, moving exhausted pages to the full queue,
- * then adopting abandoned pages, then claiming a fresh page. */
-bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls) {
-  bmm_page_t *page = heap->queues[cls].first;
+/* The slow path of malloc: find a page of queue `qi` (its class, plain or
+ * aligned) with a free block, collecting frees as it goes, moving exhausted
+ * pages to the full queue, then adopting abandoned pages, then claiming a
+ * fresh page. */
+bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
+  bmm_page_t *page = heap->queues[qi].first;
   while (page != NULL) {
     bmm_page_t *next = page->next;
     bmm__page_collect(page);
@@ -218,7 +237,7 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls) {
         (page->free == NULL || page->capacity - page->used < BMM_PAGE_MIN_SLACK))
       bmm__page_extend(page);
     if (page->free != NULL) {
-      if (heap->queues[cls].first != page) {
+      if (heap->queues[qi].first != page) {
         heap_queue_remove(heap, page);
         heap_queue_push_front(heap, page);
       }
@@ -231,9 +250,9 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls) {
    * program that only allocates small blocks after freeing big ones still
    * gives the memory back (one atomic load while nothing is pending). */
   bmm__arena_purge_due();
-  page = heap_adopt_class(heap, cls);
+  page = heap_adopt_class(heap, qi);
   if (page != NULL) return page;
-  return heap_page_fresh(heap, cls);
+  return heap_page_fresh(heap, qi);
 }
 
 /* ---- Thread start and exit ------------------------------------------- */
@@ -294,8 +313,8 @@ static void heap_abandon_page(bmm_page_t *page) {
 }
 
 static void heap_set_all_delayed(bmm_heap_t *heap, uintptr_t to, unsigned from_mask) {
-  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
     for (bmm_page_t *page = q->first; page != NULL; page = page->next)
       bmm__page_set_delayed(page, to, from_mask);
   }
@@ -307,8 +326,8 @@ void bmm__heap_thread_done(void *arg) {
   if (heap == NULL || heap == &bmm__heap_empty || heap->tid != bmm__os_thread_id()) return;
   heap_set_all_delayed(heap, BMM_DF_NEVER, 0xF);
   bmm__heap_process_delayed(heap);
-  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
     bmm_page_t *page;
     while ((page = q->first) != NULL) {
       queue_remove(q, page);
@@ -326,8 +345,8 @@ void bmm__heap_thread_done(void *arg) {
  * release its FREEING state so that nothing waits for it forever. */
 void bmm__heap_fork_child(bmm_heap_t *heap) {
   if (heap == &bmm__heap_empty) return;
-  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
     for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
       uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
       if ((tf & BMM_DF_MASK) == BMM_DF_FREEING)
@@ -343,7 +362,7 @@ void bmm__heap_fork_child(bmm_heap_t *heap) {
 void bmm__heap_collect(bmm_heap_t *heap, bool force) {
   if (heap == &bmm__heap_empty) return;
   bmm__heap_process_delayed(heap);
-  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) {
+  for (size_t c = 0; c < BMM_QUEUE_COUNT; c++) {
     if (force) heap_adopt_class(heap, c);
     bmm_page_t *page = heap->queues[c].first;
     while (page != NULL) {
@@ -365,15 +384,15 @@ void bmm__heap_collect(bmm_heap_t *heap, bool force) {
 
 bool bmm__heap_check(bmm_heap_t *heap) {
   if (heap == &bmm__heap_empty) return true;
-  for (size_t c = 0; c <= BMM_CLASS_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_CLASS_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
     bmm_page_t *prev = NULL;
     for (bmm_page_t *page = q->first; page != NULL; prev = page, page = page->next) {
       if (page->prev != prev || !bmm__page_is_valid(page)) return false;
       if (atomic_load_explicit(&page->heap, memory_order_relaxed) != heap) return false;
       if (atomic_load_explicit(&page->tid, memory_order_relaxed) != (heap->tid | page->in_full))
         return false;
-      if (c < BMM_CLASS_COUNT ? (page->class_idx != c || page->in_full) : !page->in_full)
+      if (c < BMM_QUEUE_COUNT ? (page_queue_index(page) != c || page->in_full) : !page->in_full)
         return false;
     }
     if (q->last != prev) return false;

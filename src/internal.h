@@ -128,8 +128,11 @@ bmm_arena_t *bmm__arena_get(size_t index);
 void bmm__arena_fork_prepare(void);
 void bmm__arena_fork_release(void);
 void *bmm__huge_alloc(size_t size, size_t align);
-void *bmm__huge_resize(bmm_page_t *page, size_t size);
+void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move);
 void *bmm__huge_adopt(void *data, size_t have, size_t size);
+void *bmm__region_block_alloc(size_t size, size_t align);
+size_t bmm__region_block_size(const void *p, size_t *align);
+bool bmm__region_block_free(void *p);
 void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);
 void bmm__arena_purge_due(void);
@@ -160,8 +163,15 @@ bool bmm__heap_check(bmm_heap_t *heap);
 void bmm__heap_fork_child(bmm_heap_t *heap);
 
 /* ---- large.c: blocks above BMM_MEDIUM_MAX ---------------------------- */
+/* How a resize may treat the block: realloc keeps the contents and may
+ * move it; reget may move it but need not keep the contents; expand must
+ * leave it where it is. */
+typedef enum bmm_resize_e { BMM_RESIZE_REALLOC, BMM_RESIZE_REGET, BMM_RESIZE_EXPAND } bmm_resize_t;
 void *bmm__large_alloc(size_t size, size_t align);
-void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size);
+void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size, bmm_resize_t mode);
+size_t bmm__large_align(const void *p, const bmm_page_t *page);
+void *bmm__pages_alloc(size_t count);
+void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mode);
 void bmm__span_free(void *p, bmm_page_t *unit, const char *call);
 size_t bmm__span_usable(const void *p, const bmm_page_t *unit);
 bool bmm__span_check_all(void);

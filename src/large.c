@@ -199,6 +199,7 @@ static void *span_alloc(size_t n) {
     size_t len, pg = bin_take(a, n, &len);
     if (pg != SIZE_MAX) {
       span_set(a, pg, n, false);
+      a->spans[pg].next = 0; /* no alignment asked (yet) */
       if (len > n) bin_insert(a, pg + n, len - n); /* neighbours are used: no merge */
       span_unlock(a);
       return page_addr(a, pg);
@@ -216,6 +217,7 @@ static void *span_alloc(size_t n) {
   span_lock(a);
   units_to_spans(a, unit, units);
   span_set(a, pg, n, false);
+  a->spans[pg].next = 0;
   if (units * BMM_UNIT_PAGES > n) span_make_free(a, pg + n, units * BMM_UNIT_PAGES - n);
   span_unlock(a);
   return page_addr(a, pg);
@@ -236,6 +238,10 @@ static void *unit_run_alloc(size_t size, size_t align) {
   return page->start;
 }
 
+/* Alignments a huge region's header leaves room for (see huge_offset in
+ * arena.c); above, a block gets an exact mapping of its own. */
+#define BMM_HUGE_ALIGN_MAX (BMM_REGION_SIZE / 2)
+
 void *bmm__large_alloc(size_t size, size_t align) {
   if (bmm_unlikely(size > PTRDIFF_MAX)) {
     errno = ENOMEM;
@@ -243,10 +249,65 @@ void *bmm__large_alloc(size_t size, size_t align) {
   }
   bmm__arena_purge_due(); /* a free span may serve this: no arena call */
   void *p;
-  if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) p = bmm__huge_alloc(size, align);
-  else if (align > BMM_SPAN_PAGE) p = unit_run_alloc(size, align);
-  else p = span_alloc(pages_for(size));
+  if (align > BMM_HUGE_ALIGN_MAX) {
+    p = bmm__region_block_alloc(size, align);
+  } else if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) {
+    p = bmm__huge_alloc(size, align);
+  } else if (align > BMM_SPAN_PAGE) {
+    p = unit_run_alloc(size, align);
+    if (p != NULL) bmm__page_of(p)->align_log = (uint8_t)__builtin_ctzll(align);
+  } else {
+    p = span_alloc(pages_for(size));
+    /* A used span keeps the alignment it was asked for in its (unused)
+     * free-list link, so realloc below the span range can keep it. */
+    if (p != NULL && align > BMM_ALIGN) {
+      bmm_arena_t *a = bmm__arena_of_page(bmm__page_of(p));
+      a->spans[page_index(a, p)].next = (uint32_t)__builtin_ctzll(align);
+    }
+  }
   if (p == NULL) errno = ENOMEM;
+  return p;
+}
+
+/* The alignment a large block must keep when it is resized (0: none
+ * beyond the usual 16 bytes). */
+size_t bmm__large_align(const void *p, const bmm_page_t *page) {
+  size_t lg = 0;
+  switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {
+  case BMM_PAGE_SPANS: {
+    bmm_arena_t *a = bmm__arena_of_page(page);
+    lg = a->spans[page_index(a, p)].next;
+    break;
+  }
+  case BMM_PAGE_LARGE:
+  case BMM_PAGE_HUGE:
+    lg = page->align_log;
+    break;
+  default:
+    break;
+  }
+  return lg ? (size_t)1 << lg : 0;
+}
+
+/* `count` zeroed pages, page aligned, as a span (any count: the pages API
+ * wants in-place growth for small counts too) or a huge block. */
+void *bmm__pages_alloc(size_t count) {
+  if (count == 0) count = 1;
+  if (count > (SIZE_MAX >> BMM_SPAN_SHIFT) - 1 || count << BMM_SPAN_SHIFT > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t bytes = count << BMM_SPAN_SHIFT;
+  if (bytes > BMM_LARGE_MAX) return bmm__large_alloc(bytes, BMM_SPAN_PAGE); /* fresh: zero */
+  bmm__arena_purge_due();
+  uint8_t *p = span_alloc(count);
+  if (p == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  /* A reused span may hold old data: small ones are cleared by hand, big
+   * ones by dropping their pages (they read back as zero). */
+  if (bytes <= 16 * BMM_SPAN_PAGE || !bmm__os_reset(p, bytes)) memset(p, 0, bytes);
   return p;
 }
 
@@ -321,11 +382,12 @@ static size_t free_units(bmm_arena_t *a, size_t unit, int dir, size_t enough) {
 /* Resize the span at p to `n` pages where it stands, taking free space on
  * the right first, then on the left. Returns the block's new address, or
  * NULL when the neighbours cannot give enough (nothing changed then). */
-static void *span_resize(void *p, bmm_page_t *unit, size_t n) {
+static void *span_resize(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t pg = page_index(a, p);
   span_lock(a);
   size_t len = span_pages(a, p);
+  uint32_t align_slot = a->spans[pg].next;
   if (n <= len) {
     if (n < len) {
       span_clear(a, pg, len);
@@ -345,6 +407,10 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n) {
   size_t right = r_span + r_units * BMM_UNIT_PAGES;
   if (right > need) right = need;
   size_t left = need - right;
+  if (left > 0 && mode == BMM_RESIZE_EXPAND) { /* may not move */
+    span_unlock(a);
+    return NULL;
+  }
   /* Left, only for what the right cannot give. */
   size_t l_span = 0, before = pg, l_units = 0;
   if (left > 0) {
@@ -379,6 +445,7 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n) {
   size_t new_pg = pg - left;
   span_clear(a, pg, len);
   span_set(a, new_pg, n, false);
+  a->spans[new_pg].next = align_slot;
   size_t r_free = end + right, r_end = after + r_claim * BMM_UNIT_PAGES;
   if (r_end > r_free) span_make_free(a, r_free, r_end - r_free);
   if (left > 0) {
@@ -387,7 +454,8 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n) {
   }
   span_unlock(a);
   /* The whole new span is ours now: move the data outside the lock. */
-  if (left > 0) move_down(page_addr(a, new_pg), page_addr(a, pg), len << BMM_SPAN_SHIFT);
+  if (left > 0 && mode == BMM_RESIZE_REALLOC)
+    move_down(page_addr(a, new_pg), page_addr(a, pg), len << BMM_SPAN_SHIFT);
   return page_addr(a, new_pg);
 }
 
@@ -409,18 +477,70 @@ static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   return q;
 }
 
-/* realloc of a large or huge block without copying where possible:
- * returns the (possibly moved) block, or NULL when the caller has to
- * allocate, copy and free (the block is untouched then). */
-void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size) {
+/* Resize a large or huge block without copying where possible: returns
+ * the (possibly moved) block, or NULL when the caller has to allocate,
+ * copy (unless reget) and free; the block is untouched then. */
+void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size, bmm_resize_t mode) {
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   if (size <= BMM_MEDIUM_MAX) return NULL; /* small blocks live elsewhere */
   if (kind == BMM_PAGE_SPANS) {
-    if (size <= BMM_LARGE_MAX) return span_resize(p, page, pages_for(size));
-    return span_to_huge(p, page, size);
+    if (size <= BMM_LARGE_MAX) return span_resize(p, page, pages_for(size), mode);
+    if (mode == BMM_RESIZE_EXPAND) return NULL;
+    if (mode == BMM_RESIZE_REALLOC) return span_to_huge(p, page, size);
+    void *q = bmm__huge_alloc(size, 0);
+    if (q != NULL) bmm__span_free(p, page, "bmm_reget");
+    return q;
   }
-  if (kind == BMM_PAGE_HUGE && size > BMM_LARGE_MAX) return bmm__huge_resize(page, size);
+  if (kind == BMM_PAGE_HUGE && size > BMM_LARGE_MAX)
+    return bmm__huge_resize(page, size, mode != BMM_RESIZE_EXPAND);
   return NULL;
+}
+
+/* ---- The pages API's resize --------------------------------------------- */
+
+/* Resize pages from bmm__pages_alloc to `count` pages: in place where the
+ * neighbours allow (both sides), else into new pages, moving big contents
+ * by remapping them rather than copying (not at all with reget). */
+void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mode) {
+  if (count == 0) count = 1;
+  if (count > (SIZE_MAX >> BMM_SPAN_SHIFT) - 1 || count << BMM_SPAN_SHIFT > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t bytes = count << BMM_SPAN_SHIFT;
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if (kind == BMM_PAGE_HUGE) {
+    void *q = bmm__huge_resize(page, bytes, true);
+    if (q == NULL) errno = ENOMEM;
+    return q;
+  }
+  if (bytes > BMM_LARGE_MAX) {
+    void *q = mode == BMM_RESIZE_REALLOC ? span_to_huge(p, page, bytes)
+                                         : bmm__large_realloc(p, page, bytes, mode);
+    if (q == NULL) errno = ENOMEM;
+    return q;
+  }
+  void *q = span_resize(p, page, count, mode);
+  if (q != NULL) return q;
+  /* Neighbours are taken: new pages, contents moved over. */
+  bmm_arena_t *a = bmm__arena_of_page(page);
+  size_t old_bytes = span_pages(a, p) << BMM_SPAN_SHIFT;
+  uint8_t *n = span_alloc(count);
+  if (n == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (mode == BMM_RESIZE_REALLOC) {
+    size_t keep = old_bytes < bytes ? old_bytes : bytes;
+    if (keep >= ((size_t)1 << 20) && bmm__os_remap(p, keep, keep, n) == n) {
+      bmm__os_rereserve(p, keep);
+    } else {
+      memcpy(n, p, keep);
+      bmm__large_count_copied(keep);
+    }
+  }
+  bmm__span_free(p, page, "bmm_pages_realloc");
+  return n;
 }
 
 /* ---- Checks -------------------------------------------------------------- */

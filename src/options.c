@@ -99,6 +99,8 @@ static void option_from_env_var(void *arg, const char *name, size_t name_len,
   name += 4; /* "BMM_" */
   name_len -= 4;
   if (name_len == 7 && strncmp(name, "OPTIONS", 7) == 0) return; /* done before */
+  /* BMM_TRACE_* belong to the trace recorder (tools/), not to us. */
+  if (name_len > 6 && strncmp(name, "TRACE_", 6) == 0) return;
   option_apply(name, name_len, value, value + strlen(value));
 }
 

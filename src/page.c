@@ -29,6 +29,7 @@ static uint32_t odd_inverse(uint32_t m) {
 void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
   page->class_idx = (uint16_t)cls;
+  page->align_log = 0;
   page->block_size = bs;
   page->block_shift = (uint8_t)__builtin_ctzll(bs);
   page->block_inv = odd_inverse((uint32_t)(bs >> page->block_shift));

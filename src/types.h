@@ -127,7 +127,8 @@ struct bmm_page_s {
   uint16_t class_idx;         /* [init] size class, small/medium pages */
   bmm_block_t *free;          /* [owner] blocks ready to hand out */
   uint8_t block_shift;        /* [init] trailing zero bits of block_size */
-  uint8_t unused8[3];
+  uint8_t align_log;          /* [owner] aligned pages: largest alignment asked, log2 */
+  uint8_t unused8[2];
   uint32_t capacity;          /* [owner] blocks carved so far */
   /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */
@@ -146,6 +147,8 @@ struct bmm_page_s {
 typedef enum bmm_region_kind_e {
   BMM_REGION_NONE = 0,
   BMM_REGION_ARENA = 1, /* a region with a bmm_arena_t at its start */
+  BMM_REGION_BLOCK = 2, /* a block aligned to a region or more, no header:
+                           found in the region-block registry (arena.c) */
 } bmm_region_kind_t;
 
 /* Boundary tags and free-list links of the span at each page of an arena,
@@ -214,7 +217,10 @@ typedef struct bmm_page_queue_s {
  * reading page->heap while the owner abandons (abandonment waits for it). */
 struct bmm_heap_s {
   bmm_page_t *direct[BMM_DIRECT_COUNT]; /* (size+15)/16 -> page to try first */
-  bmm_page_queue_t queues[BMM_CLASS_COUNT];
+  /* queues[c]: pages of class c for plain requests; queues[BMM_CLASS_COUNT
+   * + c]: pages of class c that serve aligned requests (align_log != 0), so
+   * that realloc knows which blocks must stay aligned. */
+  bmm_page_queue_t queues[2 * BMM_CLASS_COUNT];
   bmm_page_queue_t full; /* pages with no free block, out of the search */
   _Atomic(bmm_block_t *) delayed_free; /* [atomic] blocks freed into full pages */
   uintptr_t tid;

@@ -19,8 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1u
+#endif
 
 extern char **environ;
 
@@ -55,9 +60,12 @@ static bool os_is_strict_commit(void) {
   return strict == 1;
 }
 
+/* A reservation skips the kernel's commit accounting (MAP_NORESERVE); a
+ * committed mapping (a huge block) goes through it, so that a request far
+ * beyond memory and swap fails with ENOMEM up front, as glibc's does. */
 static void *os_map(size_t size, bool commit) {
   int prot = (commit || !os_is_strict_commit()) ? PROT_READ | PROT_WRITE : PROT_NONE;
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | (commit ? 0 : MAP_NORESERVE);
   void *p = mmap(NULL, size, prot, flags, -1, 0);
   return p == MAP_FAILED ? NULL : p;
 }
@@ -166,6 +174,41 @@ int bmm__os_protect(void *addr, size_t size, int rights) {
   if (rights & 2) prot |= PROT_WRITE;
   if (rights & 4) prot |= PROT_EXEC;
   return mprotect(addr, size, prot) == 0 ? 0 : errno;
+}
+
+void *bmm__os_alloc_rwx(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+bool bmm__os_dual_map(size_t size, void **rw, void **rx) {
+  int fd = (int)syscall(SYS_memfd_create, "brainmm-jit", MFD_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = false;
+  if (ftruncate(fd, (off_t)size) == 0) {
+    void *w = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *x = mmap(NULL, size, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+    if (w != MAP_FAILED && x != MAP_FAILED) {
+      *rw = w;
+      *rx = x;
+      ok = true;
+    } else {
+      if (w != MAP_FAILED) munmap(w, size);
+      if (x != MAP_FAILED) munmap(x, size);
+    }
+  }
+  close(fd); /* the mappings keep the pages */
+  return ok;
+}
+
+void bmm__os_dual_unmap(void *rw, void *rx, size_t size) {
+  if (rw != NULL) munmap(rw, size);
+  if (rx != NULL && rx != rw) munmap(rx, size);
+}
+
+void bmm__os_flush_icache(void *addr, size_t size) {
+  __builtin___clear_cache((char *)addr, (char *)addr + size);
 }
 
 void bmm__os_write_stderr(const char *text, size_t len) {

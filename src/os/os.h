@@ -67,6 +67,20 @@ bool bmm__os_reset(void *addr, size_t size);
  * (1 read, 2 write, 4 exec). Returns 0 or an errno value. */
 int bmm__os_protect(void *addr, size_t size, int rights);
 
+/* Executable memory, for the JIT heap.
+ * bmm__os_alloc_rwx: `size` bytes readable, writable and executable at one
+ * address, or NULL where the system refuses such mappings (SELinux execmem,
+ * PaX, hardened kernels).
+ * bmm__os_dual_map: the same physical pages mapped twice, writable at *rw
+ * and executable at *rx, never both at one address (memfd on Linux).
+ * bmm__os_dual_unmap releases both views. bmm__os_flush_icache makes code
+ * written through any view visible to instruction fetch (a no-op on x86-64,
+ * which keeps its caches coherent; cache maintenance on arm64). */
+void *bmm__os_alloc_rwx(size_t size);
+bool bmm__os_dual_map(size_t size, void **rw, void **rx);
+void bmm__os_dual_unmap(void *rw, void *rx, size_t size);
+void bmm__os_flush_icache(void *addr, size_t size);
+
 /* Write a whole buffer to standard error, without stdio. */
 void bmm__os_write_stderr(const char *text, size_t len);
 

@@ -1,0 +1,69 @@
+/* pages.c: the pages API (API section 5). Pages are page-aligned spans of
+ * any count (or huge blocks above 16 MiB), so they grow in place into free
+ * neighbours on both sides and otherwise move by remapping; they can be
+ * freed with bmm_pages_free or plain free. Protection works on any
+ * page-aligned memory of the process.
+ */
+#include "internal.h"
+
+BMM_API size_t bmm_page_size(void) {
+  return BMM_SPAN_PAGE;
+}
+
+BMM_API void *bmm_pages_alloc(size_t count) {
+  return bmm__pages_alloc(count);
+}
+
+/* The descriptor of pages from bmm_pages_alloc starting at p, or NULL
+ * after reporting misuse. */
+static bmm_page_t *pages_of(void *p, const char *call) {
+  bmm_page_t *page = bmm__page_of(p);
+  if (page != NULL && ((uintptr_t)p & (BMM_SPAN_PAGE - 1)) == 0) {
+    uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+    if ((kind == BMM_PAGE_SPANS && bmm__span_usable(p, page) != 0) ||
+        (kind == BMM_PAGE_HUGE && p == page->start))
+      return page;
+  }
+  bmm__error(p, call, "not pages from bmm_pages_alloc (or already freed)");
+  return NULL;
+}
+
+static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *call) {
+  if (p == NULL) return bmm__pages_alloc(count);
+  bmm_page_t *page = pages_of(p, call);
+  if (page == NULL) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return bmm__pages_resize(p, page, count, mode);
+}
+
+BMM_API void *bmm_pages_realloc(void *pages, size_t count) {
+  return pages_resize(pages, count, BMM_RESIZE_REALLOC, "bmm_pages_realloc");
+}
+
+BMM_API void *bmm_pages_reget(void *pages, size_t count) {
+  return pages_resize(pages, count, BMM_RESIZE_REGET, "bmm_pages_reget");
+}
+
+BMM_API void bmm_pages_free(void *pages) {
+  if (pages == NULL) return;
+  bmm_page_t *page = pages_of(pages, "bmm_pages_free");
+  if (page == NULL) return;
+  /* The caller may have changed the rights of some pages: give them back
+   * read+write, or their next user would fault. */
+  size_t bytes = atomic_load_explicit(&page->kind, memory_order_relaxed) == BMM_PAGE_SPANS
+                     ? bmm__span_usable(pages, page)
+                     : page->block_size;
+  bmm__os_protect(pages, bytes, BMM_PROT_READ | BMM_PROT_WRITE);
+  bmm__free_generic(pages, page, "bmm_pages_free");
+}
+
+BMM_API int bmm_pages_protect(void *addr, size_t count, int rights) {
+  size_t ps = bmm__os_page_size();
+  if ((rights & ~(BMM_PROT_READ | BMM_PROT_WRITE | BMM_PROT_EXEC)) != 0 ||
+      ((uintptr_t)addr & (ps - 1)) != 0 || count > SIZE_MAX / ps)
+    return EINVAL;
+  if (count == 0) return 0;
+  return bmm__os_protect(addr, count * ps, rights);
+}
