@@ -51,8 +51,10 @@ BMM_API void *bmm_calloc(size_t count, size_t size) {
   void *p = bmm__malloc_fast(total);
   if (bmm_unlikely(p == NULL)) return NULL;
   bmm_page_t *page = bmm__page_of(p);
-  /* A huge block is a fresh mapping: the kernel already zeroed it. */
-  if (atomic_load_explicit(&page->kind, memory_order_relaxed) != BMM_PAGE_HUGE)
+  /* A huge block on a fresh mapping is zero already (capacity 0: not
+   * reused from the huge cache). */
+  if (atomic_load_explicit(&page->kind, memory_order_relaxed) != BMM_PAGE_HUGE ||
+      page->capacity != 0)
     memset(p, 0, total);
   return p;
 }

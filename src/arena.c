@@ -28,6 +28,18 @@ _Static_assert(BMM_ARENA_HEADER_UNITS < BMM_ARENA_UNITS / 64,
                "the arena header must stay a small fraction of the arena");
 
 static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units);
+static void purge_next_lower(int64_t deadline);
+static void huge_cache_expire(int64_t now);
+static void huge_unmap(bmm_arena_t *h);
+
+/* The huge-block cache (see "The huge-block cache" below). */
+#define BMM_HUGE_CACHE 8
+static struct {
+  bmm_arena_t *h;
+  int64_t expires; /* ms */
+} huge_cache[BMM_HUGE_CACHE];
+static atomic_int huge_cache_lock;
+static atomic_int huge_cache_count; /* entries in use: lets empty checks skip the lock */
 
 static void region_map_set(const void *region, uint8_t kind) {
   atomic_store_explicit(&bmm__region_map[(uintptr_t)region >> BMM_REGION_SHIFT], kind,
@@ -383,8 +395,13 @@ void bmm__arena_purge_due(void) {
   if (!atomic_compare_exchange_strong_explicit(&purge_next, &next, 0, memory_order_relaxed,
                                                memory_order_relaxed))
     return;
+  huge_cache_expire(now);
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
   int64_t earliest = 0;
+  for (size_t i = 0; i < BMM_HUGE_CACHE; i++) { /* racy peek: a hint only */
+    int64_t e = huge_cache[i].h != NULL ? huge_cache[i].expires : 0;
+    if (e > now && e != INT64_MAX && (earliest == 0 || e < earliest)) earliest = e;
+  }
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
     if (arena == NULL) continue;
@@ -420,17 +437,22 @@ static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units)
   }
   int64_t deadline = bmm__os_now_ms() + delay, none = 0;
   if (atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &none, deadline,
-                                              memory_order_relaxed, memory_order_relaxed)) {
-    int64_t next = atomic_load_explicit(&purge_next, memory_order_relaxed);
-    while ((next == 0 || deadline < next) &&
-           !atomic_compare_exchange_weak_explicit(&purge_next, &next, deadline,
-                                                  memory_order_relaxed, memory_order_relaxed)) {
-    }
+                                              memory_order_relaxed, memory_order_relaxed))
+    purge_next_lower(deadline);
+}
+
+/* Make the sweep come by `deadline` at the latest. */
+static void purge_next_lower(int64_t deadline) {
+  int64_t next = atomic_load_explicit(&purge_next, memory_order_relaxed);
+  while ((next == 0 || deadline < next) &&
+         !atomic_compare_exchange_weak_explicit(&purge_next, &next, deadline,
+                                                memory_order_relaxed, memory_order_relaxed)) {
   }
 }
 
 /* Decommit every free unit that may still hold memory, now. */
 void bmm__arena_purge_all(void) {
+  huge_cache_expire(-1);
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
@@ -492,6 +514,87 @@ void bmm__mem_stats(bmm_mem_stats_t *out) {
 /* A huge block gets a region of its own: the arena header layout, then the
  * block at the first unit boundary past the header that satisfies `align`.
  * Only the header's first page and the block's one descriptor are touched. */
+/* ---- The huge-block cache --------------------------------------------- */
+
+/* A freed huge block keeps its mapping (and its memory) for purge_delay
+ * ms: a program that allocates and frees blocks of tens of MiB in turn then
+ * pays neither the aligned mmap/trim nor the page faults each time. Only a
+ * few are kept, found by size; the purge sweep unmaps the expired ones. */
+
+static void huge_cache_acquire(void) {
+  int expected = 0;
+  while (!atomic_compare_exchange_weak_explicit(&huge_cache_lock, &expected, 1,
+                                                memory_order_acquire, memory_order_relaxed)) {
+    expected = 0;
+    bmm__os_yield();
+  }
+}
+
+static void huge_cache_release(void) {
+  atomic_store_explicit(&huge_cache_lock, 0, memory_order_release);
+}
+
+static bool huge_cache_put(bmm_arena_t *h) {
+  long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
+  if (delay == 0) return false;
+  int64_t expires = delay < 0 ? INT64_MAX : bmm__os_now_ms() + delay;
+  bool kept = false;
+  huge_cache_acquire();
+  for (size_t i = 0; i < BMM_HUGE_CACHE && !kept; i++) {
+    if (huge_cache[i].h == NULL) {
+      huge_cache[i].h = h;
+      huge_cache[i].expires = expires;
+      atomic_fetch_add_explicit(&huge_cache_count, 1, memory_order_relaxed);
+      kept = true;
+    }
+  }
+  huge_cache_release();
+  if (kept && delay > 0) purge_next_lower(expires);
+  return kept;
+}
+
+/* A cached mapping whose block starts at `offset` and that can hold
+ * `total` bytes (resized in place), or NULL. */
+static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
+  if (atomic_load_explicit(&huge_cache_count, memory_order_relaxed) == 0) return NULL;
+  bmm_arena_t *found = NULL;
+  huge_cache_acquire();
+  for (size_t i = 0; i < BMM_HUGE_CACHE && found == NULL; i++) {
+    bmm_arena_t *h = huge_cache[i].h;
+    if (h == NULL || h->pages[offset >> BMM_UNIT_SHIFT].start != (uint8_t *)h + offset) continue;
+    /* Not much bigger than asked (the rest would sit unused), and it must
+     * resize to exactly `total` where it stands. */
+    if (h->map_size > 2 * total) continue;
+    if (h->map_size != total && bmm__os_remap(h, h->map_size, total, NULL) != (void *)h)
+      continue;
+    atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&huge_bytes, h->map_size, memory_order_relaxed);
+    h->map_size = total;
+    huge_cache[i].h = NULL;
+    atomic_fetch_sub_explicit(&huge_cache_count, 1, memory_order_relaxed);
+    found = h;
+  }
+  huge_cache_release();
+  return found;
+}
+
+/* Unmap cached mappings that expired by `now` (all with now < 0). */
+static void huge_cache_expire(int64_t now) {
+  if (atomic_load_explicit(&huge_cache_count, memory_order_relaxed) == 0) return;
+  bmm_arena_t *drop[BMM_HUGE_CACHE];
+  size_t n = 0;
+  huge_cache_acquire();
+  for (size_t i = 0; i < BMM_HUGE_CACHE; i++) {
+    if (huge_cache[i].h != NULL && (now < 0 || huge_cache[i].expires <= now)) {
+      drop[n++] = huge_cache[i].h;
+      huge_cache[i].h = NULL;
+      atomic_fetch_sub_explicit(&huge_cache_count, 1, memory_order_relaxed);
+    }
+  }
+  huge_cache_release();
+  for (size_t i = 0; i < n; i++) huge_unmap(drop[i]);
+}
+
 /* Offset of a huge block's data from its region start for `align`, or 0
  * when the alignment cannot be served (a whole region or more). */
 static size_t huge_offset(size_t align) {
@@ -512,6 +615,7 @@ static bmm_page_t *huge_init(bmm_arena_t *h, size_t offset, size_t total) {
   page->units = (uint32_t)((page->block_size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
   page->start = (uint8_t *)h + offset;
   page->reserved = page->used = 1;
+  page->capacity = 0;
   atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
   atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
   region_map_set(h, BMM_REGION_ARENA);
@@ -526,12 +630,16 @@ void *bmm__huge_alloc(size_t size, size_t align) {
     return NULL;
   }
   size_t total = (offset + size + ps - 1) & ~(ps - 1);
-  bmm_arena_t *h = bmm__os_reserve_aligned(total, BMM_REGION_SIZE, true);
+  bmm_arena_t *h = huge_cache_take(offset, total);
+  bool fresh = h == NULL;
+  if (fresh) h = bmm__os_reserve_aligned(total, BMM_REGION_SIZE, true);
   if (h == NULL) {
     errno = ENOMEM;
     return NULL;
   }
+  if (!fresh) atomic_fetch_sub_explicit(&huge_bytes, total, memory_order_relaxed); /* re-added */
   bmm_page_t *page = huge_init(h, offset, total);
+  page->capacity = !fresh; /* 1: reused memory, not known to be zero */
   page->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
   return page->start;
 }
@@ -598,12 +706,16 @@ void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
   return page->start;
 }
 
-void bmm__huge_free(bmm_page_t *page) {
-  bmm_arena_t *h = bmm__arena_of_page(page);
-  region_map_set(h, BMM_REGION_NONE);
+static void huge_unmap(bmm_arena_t *h) {
   atomic_fetch_sub_explicit(&huge_bytes, h->map_size, memory_order_relaxed);
   atomic_fetch_add_explicit(&huge_purged, h->map_size, memory_order_relaxed);
   bmm__os_release(h->map_base, h->map_size);
+}
+
+void bmm__huge_free(bmm_page_t *page) {
+  bmm_arena_t *h = bmm__arena_of_page(page);
+  region_map_set(h, BMM_REGION_NONE); /* a stale pointer is foreign now */
+  if (!huge_cache_put(h)) huge_unmap(h);
 }
 
 /* ---- Region blocks ---------------------------------------------------- */
