@@ -13,10 +13,14 @@
  *   prodcon [OPS]           producer thread mallocs, consumer thread frees
  *                           (pinned to two CPUs; MICRO_PIN=0 leaves them free)
  *   mem     SIZE            RSS cost of 100 MB of live SIZE-byte objects
+ *                           (any SIZE >= 1; bench/workloads.txt runs 8, 16,
+ *                           24, 32, 48, 64, 128 and 256)
  *
  * Counts accept a k/M/G suffix (powers of 1000): 20M = 20000000.
  * Each workload ends by printing exactly one line that starts with "RESULT ",
- * made of space separated key=value pairs.  Throughput workloads report
+ * made of space separated key=value pairs (workload= and threads= first).
+ * The other workloads of the suite are the bench/w_*.c programs; the list
+ * of rows the driver runs is bench/workloads.txt.  Throughput workloads report
  * mops (million malloc+free pairs per second); mem reports rss_mb in
  * decimal megabytes (10^6 bytes), so 100 MB of live data ideally costs 100.
  *
@@ -166,12 +170,14 @@ static const char *malloc_provider(void)
     return name;
 }
 
-static void print_throughput(const char *workload, const char *extra,
-                             uint64_t ops, double secs, uint64_t checksum)
+static void print_throughput(const char *workload, int threads,
+                             const char *extra, uint64_t ops, double secs,
+                             uint64_t checksum)
 {
-    printf("RESULT workload=%s%s ops=%" PRIu64 " seconds=%.3f mops=%.2f "
-           "ns_per_op=%.2f rss_kb=%ld checksum=%016" PRIx64 " malloc_from=%s\n",
-           workload, extra, ops, secs, (double)ops / secs / 1e6,
+    printf("RESULT workload=%s threads=%d%s ops=%" PRIu64 " seconds=%.3f "
+           "mops=%.2f ns_per_op=%.2f rss_kb=%ld checksum=%016" PRIx64
+           " malloc_from=%s\n",
+           workload, threads, extra, ops, secs, (double)ops / secs / 1e6,
            secs * 1e9 / (double)ops, peak_rss_kb(), checksum,
            malloc_provider());
 }
@@ -243,7 +249,7 @@ static int run_small(int argc, char **argv)
 
     for (int i = 0; i < SMALL_WINDOW; i++)
         free(g_window[i]);
-    print_throughput("small", "", done, t1 - t0, sum);
+    print_throughput("small", 1, "", done, t1 - t0, sum);
     return 0;
 }
 
@@ -324,7 +330,8 @@ static int run_fixed(int argc, char **argv, int batched)
 
     char extra[64];
     snprintf(extra, sizeof extra, " size=%zu", size);
-    print_throughput(batched ? "batch" : "fixed", extra, ops, t1 - t0, sum);
+    print_throughput(batched ? "batch" : "fixed", 1, extra, ops, t1 - t0,
+                     sum);
     return 0;
 }
 
@@ -494,8 +501,7 @@ static int run_prodcon(int argc, char **argv)
     pthread_join(tp, NULL);
     pthread_join(tc, NULL);
     double t1 = now_seconds();
-    print_throughput("prodcon", pinned ? " threads=2 pinned=2cpus"
-                                       : " threads=2 pinned=no",
+    print_throughput("prodcon", 2, pinned ? " pinned=2cpus" : " pinned=no",
                      g_pc_ops, t1 - t0, g_pc_sum);
     return 0;
 }
@@ -551,7 +557,7 @@ static int run_mem(int argc, char **argv)
     long cost_kb = rss_live - rss_base;
     double live_mb = (double)count * (double)size / 1e6;
     double rss_mb = (double)cost_kb * 1024.0 / 1e6;
-    printf("RESULT workload=mem size=%zu objects=%zu live_mb=%.1f "
+    printf("RESULT workload=mem threads=1 size=%zu objects=%zu live_mb=%.1f "
            "rss_mb=%.1f overhead_pct=%.1f rss_kb=%ld base_rss_kb=%ld "
            "start_rss_kb=%ld after_free_rss_kb=%ld alloc_seconds=%.3f "
            "checksum=%016" PRIx64 " malloc_from=%s units=MB_10^6\n",
@@ -574,6 +580,7 @@ static void usage(void)
           "                          frees (default 10M blocks); the threads are\n"
           "                          pinned to 2 CPUs unless MICRO_PIN=0\n"
           "  mem     SIZE            RSS (10^6 B) to hold 100 MB of SIZE-byte objects\n"
+          "                          (any SIZE >= 1, e.g. 8 16 24 32 48 64 128 256)\n"
           "counts take k/M/G suffixes (x1000). The last line is 'RESULT key=value...'.\n",
           stderr);
 }

@@ -1,0 +1,92 @@
+/* w_cache_scratch: passive false sharing between threads' small objects.
+ *
+ * Before the clock starts, the main thread mallocs one small object per
+ * thread, back to back, so that they are likely to sit in one cache line,
+ * and hands object i to thread i.  Each thread writes into the object it
+ * was given, frees it, and then, again and again, mallocs an object of the
+ * same size, writes into it WRITES times and frees it.
+ *
+ * The first free is of a block that belongs to the main thread.  An
+ * allocator that puts such a block into the freeing thread's own cache
+ * hands it straight back to that thread's next malloc, so every thread
+ * goes on writing to its own slice of the one cache line the main thread
+ * carved up, and the line bounces between the CPUs for the whole run.  An
+ * allocator that returns remote frees to their owner gives each thread
+ * fresh memory of its own instead.
+ *
+ *   w_cache_scratch [THREADS=2] [OBJECTS=400k per thread | SECONDSs] [SIZE=8]
+ *
+ * One unit = one object: malloc(SIZE), WRITES byte writes, free.
+ */
+#include "bench_common.h"
+
+#define WRITES 1000
+
+static bc_args g_args;
+
+struct result {
+    uint64_t objects;
+    uint64_t sum;
+};
+static BC_PADDED(struct result) g_res[BC_MAX_THREADS];
+
+/* Write the object WRITES times and return a digest of its final bytes;
+ * the volatile accesses make every store really reach memory. */
+static uint64_t hammer(unsigned char *obj, size_t size, uint64_t seed)
+{
+    volatile unsigned char *v = obj;
+    for (size_t k = 0; k < size; k++)
+        v[k] = (unsigned char)(seed + k);
+    size_t k = 0;
+    for (int w = 0; w < WRITES; w++) {
+        v[k] = (unsigned char)(v[k] + 1);
+        if (++k == size)
+            k = 0;
+    }
+    uint64_t h = 0;
+    for (size_t j = 0; j < size; j++)
+        h = h * 31 + v[j];
+    return h;
+}
+
+/* Object i was allocated by the main thread for thread i. */
+static unsigned char *g_given[BC_MAX_THREADS];
+
+static void worker(int index, void *ctx)
+{
+    (void)ctx;
+    const size_t size = (size_t)g_args.size;
+    uint64_t sum = 0, i = 0;
+    sum += hammer(g_given[index], size, ~(uint64_t)index);
+    free(g_given[index]);
+    for (; bc_more(&g_args, i); i++) {
+        unsigned char *p = malloc(size);
+        if (p == NULL)
+            bc_oom(size);
+        bc_sink = p;
+        sum += hammer(p, size, i + (uint64_t)index);
+        free(p);
+    }
+    g_res[index].v.objects = i;
+    g_res[index].v.sum = sum;
+}
+
+int main(int argc, char **argv)
+{
+    bc_parse(&g_args, argc, argv, "cache_scratch", 2, 400000, 8, 1, 4096,
+             "  THREADS  threads; each first frees an object the main thread\n"
+             "           allocated for it, then allocates and writes its own (2)\n"
+             "  UNITS    objects per thread; each gets 1000 byte writes (400k)\n"
+             "  SIZE     object size in bytes (8)\n");
+    for (int i = 0; i < g_args.threads; i++)
+        g_given[i] = bc_malloc((size_t)g_args.size);
+    double secs = bc_run_threads(&g_args, worker, NULL);
+    uint64_t ops = 0, sum = 0;
+    for (int i = 0; i < g_args.threads; i++) {
+        ops += g_res[i].v.objects;
+        sum = bc_combine(sum, i, g_res[i].v.sum);
+    }
+    bc_report(&g_args, ops, ops, secs, sum,
+              " size=%" PRIu64 " writes_per_object=%d", g_args.size, WRITES);
+    return 0;
+}

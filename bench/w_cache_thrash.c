@@ -1,0 +1,81 @@
+/* w_cache_thrash: active false sharing between threads' small objects.
+ *
+ * Each thread, again and again, mallocs one small object, writes into it
+ * WRITES times (read-modify-write of each byte in turn), reads it and frees
+ * it.  The allocator is called rarely; the writes dominate.  If the
+ * allocator hands two threads objects that lie in the same cache line
+ * (because they carve one shared page, or one central free list, into
+ * neighbouring objects for different threads), every write bounces that
+ * line between the CPUs and the run becomes many times slower.  An
+ * allocator that keeps each thread's objects apart costs little more than
+ * the writes themselves.
+ *
+ *   w_cache_thrash [THREADS=2] [OBJECTS=400k per thread | SECONDSs] [SIZE=8]
+ *
+ * One unit = one object: malloc(SIZE), WRITES byte writes, free.
+ * Compare with THREADS=1 for the cost without any sharing.
+ */
+#include "bench_common.h"
+
+#define WRITES 1000
+
+static bc_args g_args;
+
+struct result {
+    uint64_t objects;
+    uint64_t sum;
+};
+static BC_PADDED(struct result) g_res[BC_MAX_THREADS];
+
+/* Write the object WRITES times and return a digest of its final bytes;
+ * the volatile accesses make every store really reach memory. */
+static uint64_t hammer(unsigned char *obj, size_t size, uint64_t seed)
+{
+    volatile unsigned char *v = obj;
+    for (size_t k = 0; k < size; k++)
+        v[k] = (unsigned char)(seed + k);
+    size_t k = 0;
+    for (int w = 0; w < WRITES; w++) {
+        v[k] = (unsigned char)(v[k] + 1);
+        if (++k == size)
+            k = 0;
+    }
+    uint64_t h = 0;
+    for (size_t j = 0; j < size; j++)
+        h = h * 31 + v[j];
+    return h;
+}
+
+static void worker(int index, void *ctx)
+{
+    (void)ctx;
+    const size_t size = (size_t)g_args.size;
+    uint64_t sum = 0, i = 0;
+    for (; bc_more(&g_args, i); i++) {
+        unsigned char *p = malloc(size);
+        if (p == NULL)
+            bc_oom(size);
+        bc_sink = p;
+        sum += hammer(p, size, i + (uint64_t)index);
+        free(p);
+    }
+    g_res[index].v.objects = i;
+    g_res[index].v.sum = sum;
+}
+
+int main(int argc, char **argv)
+{
+    bc_parse(&g_args, argc, argv, "cache_thrash", 2, 400000, 8, 1, 4096,
+             "  THREADS  threads, each allocating and writing its own objects (2)\n"
+             "  UNITS    objects per thread; each gets 1000 byte writes (400k)\n"
+             "  SIZE     object size in bytes (8)\n");
+    double secs = bc_run_threads(&g_args, worker, NULL);
+    uint64_t ops = 0, sum = 0;
+    for (int i = 0; i < g_args.threads; i++) {
+        ops += g_res[i].v.objects;
+        sum = bc_combine(sum, i, g_res[i].v.sum);
+    }
+    bc_report(&g_args, ops, ops, secs, sum,
+              " size=%" PRIu64 " writes_per_object=%d", g_args.size, WRITES);
+    return 0;
+}
