@@ -193,6 +193,7 @@ static bmm_arena_t *arena_revive(void) {
       bmm__os_huge_hint(arena_data(arena), BMM_ARENA_DATA_UNITS * BMM_UNIT_SIZE, true);
     atomic_store_explicit(&arena->released, BMM_ARENA_LIVE, memory_order_release);
     atomic_store_explicit(&arena->hint, BMM_ARENA_HEADER_UNITS / 64, memory_order_relaxed);
+    region_map_set(arena, BMM_REGION_ARENA);
     bits_clear(arena->used, BMM_ARENA_HEADER_UNITS, BMM_ARENA_DATA_UNITS);
     bmm__verbose("revived arena", a);
     return arena;
@@ -208,6 +209,10 @@ static void arena_release(bmm_arena_t *arena) {
     return;
   /* Holding every unit bit, nobody can claim here while we unmap. */
   if (!bits_try_claim(arena->used, BMM_ARENA_HEADER_UNITS, BMM_ARENA_DATA_UNITS)) return;
+  /* The kernel may put other mappings in the range we give back: from now
+   * on no pointer in this region is ours (the header stays mapped for the
+   * arena table's scans, which find every unit claimed). */
+  region_map_set(arena, BMM_REGION_NONE);
   size_t dirty = 0;
   for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
     uint64_t data_mask = w * 64 + 64 <= BMM_ARENA_HEADER_UNITS ? 0
@@ -220,7 +225,7 @@ static void arena_release(bmm_arena_t *arena) {
   }
   bmm__os_release(arena_data(arena), BMM_ARENA_DATA_UNITS * BMM_UNIT_SIZE);
   /* The descriptors and span tables of free units are all zero or stale;
-   * drop their pages (they stay readable, for stale pointers). */
+   * drop their pages (they stay mapped: revival reuses them). */
   size_t ps = bmm__os_page_size();
   uintptr_t from = ((uintptr_t)arena->spans + ps - 1) & ~(uintptr_t)(ps - 1);
   bmm__os_reset((void *)from, (uintptr_t)arena_data(arena) - from);

@@ -186,8 +186,9 @@ struct bmm_arena_s {
 };
 
 /* An arena whose units are all free gives its data range back to the OS
- * (RELEASED): all its unit bits stay set so nobody claims there, and the
- * header stays mapped so stale pointers are still recognised. It is mapped
+ * (RELEASED): all its unit bits stay set so nobody claims there, and its
+ * region leaves the region map (other mappings may land in the range); the
+ * header stays mapped for the arena table's scans. It is mapped
  * again (REVIVING, then LIVE) before a new arena is reserved, unless
  * someone else mapped the range meanwhile (RETIRED for good). */
 enum { BMM_ARENA_LIVE, BMM_ARENA_RELEASED, BMM_ARENA_REVIVING, BMM_ARENA_RETIRED };
