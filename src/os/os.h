@@ -75,7 +75,9 @@ int bmm__os_protect(void *addr, size_t size, int rights);
  * and executable at *rx, never both at one address (memfd on Linux).
  * bmm__os_dual_unmap releases both views. bmm__os_flush_icache makes code
  * written through any view visible to instruction fetch (a no-op on x86-64,
- * which keeps its caches coherent; cache maintenance on arm64). */
+ * which keeps its caches coherent; cache maintenance on arm64). Memory from
+ * bmm__os_alloc_rwx is given back with bmm__os_release; flush_icache takes
+ * any byte range (no page multiple needed). */
 void *bmm__os_alloc_rwx(size_t size);
 bool bmm__os_dual_map(size_t size, void **rw, void **rx);
 void bmm__os_dual_unmap(void *rw, void *rx, size_t size);
