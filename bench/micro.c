@@ -10,6 +10,7 @@
  *   small   [OPS|SECONDSs]  random sizes 16..1024 B in a window of live blocks
  *   fixed   [SIZE] [OPS]    tight malloc(SIZE)/free loop
  *   batch   [SIZE] [OPS]    malloc 100 blocks of SIZE, then free the 100
+ *   aligned [SIZE] [OPS] [ALIGN]  as fixed, through posix_memalign(ALIGN)
  *   prodcon [OPS]           producer thread mallocs, consumer thread frees
  *                           (pinned to two CPUs; MICRO_PIN=0 leaves them free)
  *   mem     SIZE            RSS cost of 100 MB of live SIZE-byte objects
@@ -285,9 +286,22 @@ static uint64_t read_block(const void *p, size_t size)
     return v;
 }
 
+/* Allocate `size` bytes; with a non-zero `align`, through posix_memalign
+ * (the "aligned" workload: the same loop as "fixed", aligned). */
+static void *alloc_maybe_aligned(size_t size, size_t align)
+{
+    if (align == 0)
+        return malloc(size);
+    void *p = NULL;
+    return posix_memalign(&p, align, size) == 0 ? p : NULL;
+}
+
 static int run_fixed(int argc, char **argv, int batched)
 {
     size_t size = argc > 0 ? parse_size(argv[0]) : 64;
+    size_t align = batched == 2 ? (argc > 2 ? parse_size(argv[2]) : 64) : 0;
+    if (batched == 2)
+        batched = 0;
     uint64_t ops = argc > 1 ? parse_count(argv[1], "op count") : 50000000;
     if (size == 0)
         die("size must be > 0");
@@ -297,9 +311,9 @@ static int run_fixed(int argc, char **argv, int batched)
     if (!batched) {
         t0 = now_seconds();
         for (uint64_t i = 0; i < ops; i++) {
-            void *p = malloc(size);
-            if (p == NULL)
-                die("malloc failed");
+            void *p = alloc_maybe_aligned(size, align);
+            if (p == NULL || ((uintptr_t)p & (align ? align - 1 : 0)) != 0)
+                die("malloc failed (or misaligned)");
             touch_block(p, size, i);
             g_escape = p;
             sum += read_block(p, size);
@@ -329,9 +343,12 @@ static int run_fixed(int argc, char **argv, int batched)
     }
 
     char extra[64];
-    snprintf(extra, sizeof extra, " size=%zu", size);
-    print_throughput(batched ? "batch" : "fixed", 1, extra, ops, t1 - t0,
-                     sum);
+    if (align)
+        snprintf(extra, sizeof extra, " size=%zu align=%zu", size, align);
+    else
+        snprintf(extra, sizeof extra, " size=%zu", size);
+    print_throughput(align ? "aligned" : batched ? "batch" : "fixed", 1, extra, ops,
+                     t1 - t0, sum);
     return 0;
 }
 
@@ -576,6 +593,7 @@ static void usage(void)
           "                          (default 20M ops; e.g. 'small 2s' runs ~2 s)\n"
           "  fixed   [SIZE] [OPS]    malloc(SIZE)/free in a tight loop (64, 50M)\n"
           "  batch   [SIZE] [OPS]    malloc 100 x SIZE, then free them (64, 50M)\n"
+          "  aligned [SIZE] [OPS] [ALIGN]  fixed, via posix_memalign (64, 50M, 64)\n"
           "  prodcon [OPS]           2 threads: one mallocs 16..256 B, the other\n"
           "                          frees (default 10M blocks); the threads are\n"
           "                          pinned to 2 CPUs unless MICRO_PIN=0\n"
@@ -601,6 +619,8 @@ int main(int argc, char **argv)
         return run_fixed(n, a, 0);
     if (strcmp(w, "batch") == 0)
         return run_fixed(n, a, 1);
+    if (strcmp(w, "aligned") == 0)
+        return run_fixed(n, a, 2);
     if (strcmp(w, "prodcon") == 0)
         return run_prodcon(n, a);
     if (strcmp(w, "mem") == 0)

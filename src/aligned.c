@@ -50,20 +50,13 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
     return NULL;
   }
   if (align <= BMM_UNIT_SIZE) {
+    void *p = align <= 256 ? bmm__malloc_aligned_fast(size, align) : NULL;
+    if (bmm_likely(p != NULL)) return p;
     size_t want = size < align ? align : (size + align - 1) & ~(align - 1);
     if (want <= BMM_MEDIUM_MAX) {
       size_t cls = bmm__class_of(want);
-      while (bmm__class_size(cls) % align != 0) cls++;
-      unsigned lg = (unsigned)__builtin_ctzll(align);
-      bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + cls].first;
-      bmm_block_t *block;
-      if (bmm_likely(page != NULL && (block = page->free) != NULL)) {
-        page->free = block->next;
-        page->used++;
-        if (bmm_unlikely(page->align_log < lg)) page->align_log = (uint8_t)lg;
-        return block;
-      }
-      return aligned_generic(BMM_CLASS_COUNT + cls, lg);
+      while (bmm__class_size(cls) & (align - 1)) cls++;
+      return aligned_generic(BMM_CLASS_COUNT + cls, (unsigned)__builtin_ctzll(align));
     }
   }
   return bmm__large_alloc(size, align);
@@ -92,16 +85,27 @@ BMM_API void *bmm_calloc_aligned(size_t count, size_t size, size_t align) {
   return p;
 }
 
-BMM_API int bmm_posix_memalign(void **out, size_t align, size_t size) {
+static bmm_noinline int posix_memalign_slow(void **out, size_t align, size_t size) {
   if (!is_pow2(align) || align < sizeof(void *)) return EINVAL;
-  int saved = errno;
+  int saved = errno; /* posix_memalign reports through its result only */
   void *p = bmm__malloc_aligned(size, align);
   if (p == NULL) {
-    errno = saved; /* posix_memalign reports through its result only */
+    errno = saved;
     return ENOMEM;
   }
   *out = p;
   return 0;
+}
+
+BMM_API int bmm_posix_memalign(void **out, size_t align, size_t size) {
+  if (bmm_likely(align > BMM_ALIGN && align <= 256 && is_pow2(align))) {
+    void *p = bmm__malloc_aligned_fast(size, align);
+    if (bmm_likely(p != NULL)) {
+      *out = p;
+      return 0;
+    }
+  }
+  return posix_memalign_slow(out, align, size);
 }
 
 /* Unlike glibc, which rounds a non-power-of-two alignment up, BrainMM

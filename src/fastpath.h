@@ -29,6 +29,25 @@ bmm_inline void *bmm__malloc_fast(size_t size) {
   return bmm__malloc_generic(heap, size);
 }
 
+/* The aligned fast path, for align a power of two in (16, 256] and blocks
+ * of at most 256 bytes: every multiple of 16 up to 256 is a class, so the
+ * class of max(size, align) rounded up to align is found without a search,
+ * and all its blocks are aligned. Pops from the aligned queue of that
+ * class. NULL means "take the slow path"; errno is not touched. */
+bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
+  size_t want = (size < align ? align : size + align - 1) & ~(align - 1);
+  if (bmm_unlikely(want > 256 || size > 256)) return NULL;
+  bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
+  if (bmm_unlikely(page == NULL)) return NULL;
+  bmm_block_t *block = page->free;
+  if (bmm_unlikely(block == NULL)) return NULL;
+  unsigned lg = (unsigned)__builtin_ctzll(align);
+  if (bmm_unlikely(page->align_log < lg)) page->align_log = (uint8_t)lg;
+  page->free = block->next;
+  page->used++;
+  return block;
+}
+
 /* Free a block of a page the calling thread owns. */
 bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
   bmm_block_t *block = (bmm_block_t *)p;
