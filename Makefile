@@ -42,6 +42,7 @@ test-tsan:
 
 bench: build
 	QUICK=$(QUICK) bash bench/run.sh
+	QUICK=$(QUICK) bash bench/extras.sh
 
 install: build
 	$(CMAKE) --install build
