@@ -4,10 +4,10 @@
  * whose size is a multiple of the alignment gives naturally aligned blocks.
  * Powers of two are classes, so such a class always exists, and the block
  * needs no header to be freed. The block remembers its alignment without a
- * header either: aligned requests use their own page queues, and a page
- * records the largest alignment it served (every block of the page has
- * it, since the class size is a multiple of it); large blocks record it in
- * their descriptor or span. Larger alignments are aligned unit runs,
+ * header either: aligned requests use their own page queues, and such a
+ * page records its class's natural alignment, which every block of it has
+ * and which covers whatever its requests asked (their class size is a
+ * multiple of it); large blocks record it in their descriptor or span. Larger alignments are aligned unit runs,
  * aligned huge regions, or exact mappings of their own (256 MiB and up).
  */
 #include <string.h>
@@ -20,7 +20,7 @@ static inline bool is_pow2(size_t x) {
 
 /* The slow half of an aligned small/medium request: a page of aligned
  * queue `qi` with a free block. */
-static bmm_noinline void *aligned_generic(size_t qi, unsigned lg) {
+static bmm_noinline void *aligned_generic(size_t qi) {
   bmm_heap_t *heap = bmm__heap_tls;
   if (heap == &bmm__heap_empty && (heap = bmm__heap_init_thread()) == NULL) {
     errno = ENOMEM;
@@ -33,10 +33,9 @@ static bmm_noinline void *aligned_generic(size_t qi, unsigned lg) {
     errno = ENOMEM;
     return NULL;
   }
-  bmm_block_t *block = page->free;
+  bmm_block_t *block = page->free; /* its align_log covers the request */
   page->free = block->next;
   page->used++;
-  if (page->align_log < lg) page->align_log = (uint8_t)lg;
   return block;
 }
 
@@ -56,7 +55,7 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
     if (want <= BMM_MEDIUM_MAX) {
       size_t cls = bmm__class_of(want);
       while (bmm__class_size(cls) & (align - 1)) cls++;
-      return aligned_generic(BMM_CLASS_COUNT + cls, (unsigned)__builtin_ctzll(align));
+      return aligned_generic(BMM_CLASS_COUNT + cls);
     }
   }
   return bmm__large_alloc(size, align);
@@ -85,7 +84,7 @@ BMM_API void *bmm_calloc_aligned(size_t count, size_t size, size_t align) {
   return p;
 }
 
-static bmm_noinline int posix_memalign_slow(void **out, size_t align, size_t size) {
+bmm_noinline int bmm__posix_memalign_slow(void **out, size_t align, size_t size) {
   if (!is_pow2(align) || align < sizeof(void *)) return EINVAL;
   int saved = errno; /* posix_memalign reports through its result only */
   void *p = bmm__malloc_aligned(size, align);
@@ -98,14 +97,8 @@ static bmm_noinline int posix_memalign_slow(void **out, size_t align, size_t siz
 }
 
 BMM_API int bmm_posix_memalign(void **out, size_t align, size_t size) {
-  if (bmm_likely(align > BMM_ALIGN && align <= 256 && is_pow2(align))) {
-    void *p = bmm__malloc_aligned_fast(size, align);
-    if (bmm_likely(p != NULL)) {
-      *out = p;
-      return 0;
-    }
-  }
-  return posix_memalign_slow(out, align, size);
+  if (bmm_likely(bmm__posix_memalign_fast(out, align, size) == 0)) return 0;
+  return bmm__posix_memalign_slow(out, align, size);
 }
 
 /* Unlike glibc, which rounds a non-power-of-two alignment up, BrainMM

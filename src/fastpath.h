@@ -41,11 +41,23 @@ bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
   if (bmm_unlikely(page == NULL)) return NULL;
   bmm_block_t *block = page->free;
   if (bmm_unlikely(block == NULL)) return NULL;
-  unsigned lg = (unsigned)__builtin_ctzll(align);
-  if (bmm_unlikely(page->align_log < lg)) page->align_log = (uint8_t)lg;
-  page->free = block->next;
+  page->free = block->next; /* the page's align_log covers `align` already */
   page->used++;
   return block;
+}
+
+/* posix_memalign's fast path (shared by bmm_posix_memalign and the
+ * exported posix_memalign): 0 and *out set, or -1 for "take the slow
+ * path" (validation, errno save, everything else). */
+bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
+  if (bmm_likely(align > BMM_ALIGN && align <= 256 && (align & (align - 1)) == 0)) {
+    void *p = bmm__malloc_aligned_fast(size, align);
+    if (bmm_likely(p != NULL)) {
+      *out = p;
+      return 0;
+    }
+  }
+  return -1;
 }
 
 /* Free a block of a page the calling thread owns. */

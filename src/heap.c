@@ -214,8 +214,15 @@ static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t qi) {
   bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1);
   if (page == NULL) return NULL;
   bmm__page_init(page, heap, cls);
-  /* An aligned page starts at the trivial 16; aligned requests raise it. */
-  if (qi >= BMM_CLASS_COUNT) page->align_log = 4;
+  /* An aligned page records the natural alignment of its class (the
+   * largest power of two dividing the block size, pages start on 64 KiB):
+   * every block has it, so aligned requests need not raise the record,
+   * and realloc keeps at least what any of them asked (aligned requests
+   * use a class whose size is a multiple of their alignment). */
+  if (qi >= BMM_CLASS_COUNT) {
+    unsigned natural = (unsigned)__builtin_ctzll(page->block_size);
+    page->align_log = (uint8_t)(natural < BMM_UNIT_SHIFT ? natural : BMM_UNIT_SHIFT);
+  }
   bmm__page_extend(page);
   heap_queue_push_front(heap, page);
   return page;

@@ -181,6 +181,7 @@ void bmm__large_count_copied(size_t bytes);
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */
 void *bmm__malloc_generic(bmm_heap_t *heap, size_t size);
 void *bmm__malloc_aligned(size_t size, size_t align);
+int bmm__posix_memalign_slow(void **out, size_t align, size_t size);
 void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
 

@@ -127,7 +127,7 @@ struct bmm_page_s {
   uint16_t class_idx;         /* [init] size class, small/medium pages */
   bmm_block_t *free;          /* [owner] blocks ready to hand out */
   uint8_t block_shift;        /* [init] trailing zero bits of block_size */
-  uint8_t align_log;          /* [owner] aligned pages: largest alignment asked, log2 */
+  uint8_t align_log;          /* [init] aligned pages: the class's natural alignment, log2 */
   uint8_t unused8[2];
   uint32_t capacity;          /* [owner] blocks carved so far */
   /* Second cache line. */

@@ -28,7 +28,8 @@ BMM_EXPORT void *reallocarray(void *p, size_t count, size_t size) {
 }
 
 BMM_EXPORT int posix_memalign(void **out, size_t align, size_t size) {
-  return bmm_posix_memalign(out, align, size);
+  if (bmm_likely(bmm__posix_memalign_fast(out, align, size) == 0)) return 0;
+  return bmm__posix_memalign_slow(out, align, size);
 }
 
 BMM_EXPORT void *aligned_alloc(size_t align, size_t size) {
