@@ -119,8 +119,25 @@ BMM_API void bmm_jit_flush(void *code, size_t size);        /* make new code vis
 
 /* ---- 10. Introspection and control (the parts implemented so far) ----- */
 
-/* Return free memory held by this thread's heap and the arenas to the OS. */
+/* Statistics: the memory accounting of every arena (reserved, committed,
+ * in use, purged), the calling thread's pages per size class, the process's
+ * RSS, page faults and times; a table, or JSON with option stats_json=1.
+ * out NULL: standard error. BMM_SHOW_STATS=1 prints them at exit. */
+typedef void bmm_output_fn(const char *text, void *arg);
+BMM_API void bmm_stats_print(bmm_output_fn *out, void *arg);
+
+/* Return free memory held by this thread's heap and the arenas to the OS;
+ * with force, at once (no purge delay) and adopting dead threads' pages. */
 BMM_API void bmm_collect(bool force);
+
+/* A hook the allocator calls regularly from its slow path (at least once per
+ * page's worth of allocations on each thread), with a per-thread heartbeat
+ * count, and with force=true from bmm_collect(true): a place to free memory
+ * the program keeps for later (caches, deferred reference counts). It may
+ * allocate and free; it is not called again while it runs on that thread.
+ * NULL unregisters. */
+typedef void bmm_deferred_free_fn(bool force, unsigned long long heartbeat, void *arg);
+BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg);
 
 /* Options: see the table in src/options.c. Each one can be set from the
  * environment as BMM_<NAME>=value, or all at once with

@@ -232,7 +232,29 @@ static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t qi) {
  * aligned) with a free block, collecting frees as it goes, moving exhausted
  * pages to the full queue, then adopting abandoned pages, then claiming a
  * fresh page. */
+/* The program's deferred-free hook (bmm_register_deferred_free). */
+static _Atomic(bmm_deferred_free_fn *) deferred_fn;
+static _Atomic(void *) deferred_arg;
+
+BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
+  atomic_store_explicit(&deferred_arg, arg, memory_order_relaxed);
+  atomic_store_explicit(&deferred_fn, fn, memory_order_release);
+}
+
+/* Run the hook once, not recursively (it may allocate and free). */
+void bmm__heap_deferred_free(bmm_heap_t *heap, bool force) {
+  bmm_deferred_free_fn *fn = atomic_load_explicit(&deferred_fn, memory_order_acquire);
+  if (fn == NULL || heap == &bmm__heap_empty || heap->in_deferred) return;
+  heap->in_deferred = true;
+  fn(force, heap->heartbeat, atomic_load_explicit(&deferred_arg, memory_order_relaxed));
+  heap->in_deferred = false;
+}
+
 bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
+  /* The heartbeat: the split free lists bring every thread here at least
+   * once per page's worth of allocations, so the hook runs regularly. */
+  heap->heartbeat++;
+  bmm__heap_deferred_free(heap, false);
   bmm_page_t *page = heap->queues[qi].first;
   while (page != NULL) {
     bmm_page_t *next = page->next;
@@ -410,4 +432,21 @@ bool bmm__heap_check(bmm_heap_t *heap) {
     if (heap->direct[i] != want) return false;
   }
   return true;
+}
+
+/* Pages, blocks in use and capacity per size class of `heap` (plain and
+ * aligned queues and the full queue together); returns BMM_CLASS_COUNT. */
+size_t bmm__heap_class_stats(bmm_heap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
+  memset(out, 0, sizeof(bmm_class_stats_t) * BMM_CLASS_COUNT);
+  if (heap == &bmm__heap_empty) return BMM_CLASS_COUNT;
+  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
+    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+    for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
+      bmm_class_stats_t *cs = &out[page->class_idx];
+      cs->pages++;
+      cs->used += page->used;
+      cs->capacity += page->reserved;
+    }
+  }
+  return BMM_CLASS_COUNT;
 }

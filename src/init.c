@@ -37,6 +37,7 @@ void bmm__process_init(void) {
   }
   atomic_store_explicit(&init_thread, self, memory_order_relaxed);
   bmm__os_page_size();
+  bmm__os_process_info_start();
   options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
   bmm__options_init();
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
@@ -59,6 +60,7 @@ __attribute__((constructor)) static void init_constructor(void) {
 }
 
 BMM_API void bmm_collect(bool force) {
+  bmm__heap_deferred_free(bmm__heap_tls, force);
   bmm__heap_collect(bmm__heap_tls, force);
   if (force) bmm__arena_purge_all();
   else bmm__arena_purge_due();

@@ -159,6 +159,11 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls);
 void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page);
 void bmm__heap_process_delayed(bmm_heap_t *heap);
 void bmm__heap_collect(bmm_heap_t *heap, bool force);
+void bmm__heap_deferred_free(bmm_heap_t *heap, bool force);
+typedef struct bmm_class_stats_s {
+  size_t pages, used, capacity;
+} bmm_class_stats_t;
+size_t bmm__heap_class_stats(bmm_heap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]);
 bool bmm__heap_check(bmm_heap_t *heap);
 void bmm__heap_fork_child(bmm_heap_t *heap);
 
@@ -197,6 +202,8 @@ typedef enum bmm_option_e {
   BMM_OPTION_PURGE_DELAY,
   BMM_OPTION_HUGE_PAGES,
   BMM_OPTION_ARENA_RELEASE,
+  BMM_OPTION_SHOW_STATS,
+  BMM_OPTION_STATS_JSON,
   BMM_OPTION_COUNT
 } bmm_option_t;
 extern long bmm__options[BMM_OPTION_COUNT];

@@ -25,6 +25,9 @@ static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
                                "advise transparent huge pages on arenas (2 MiB aligned)"},
     [BMM_OPTION_ARENA_RELEASE] = {"arena_release", 1, 0, 1,
                                   "give an arena's address space back once all of it is free"},
+    [BMM_OPTION_SHOW_STATS] = {"show_stats", 0, 0, 1, "print the statistics at exit"},
+    [BMM_OPTION_STATS_JSON] = {"stats_json", 0, 0, 1,
+                               "bmm_stats_print (and show_stats) write JSON, not a table"},
 };
 
 long bmm__options[BMM_OPTION_COUNT] = {
@@ -34,6 +37,8 @@ long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_PURGE_DELAY] = 100,
     [BMM_OPTION_HUGE_PAGES] = 0,
     [BMM_OPTION_ARENA_RELEASE] = 1,
+    [BMM_OPTION_SHOW_STATS] = 0,
+    [BMM_OPTION_STATS_JSON] = 0,
 };
 
 /* Index of the option named by the first `len` bytes of `name`, compared

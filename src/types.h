@@ -225,6 +225,8 @@ struct bmm_heap_s {
   bmm_page_queue_t full; /* pages with no free block, out of the search */
   _Atomic(bmm_block_t *) delayed_free; /* [atomic] blocks freed into full pages */
   uintptr_t tid;
+  uint64_t heartbeat;  /* slow-path visits, passed to the deferred-free hook */
+  bool in_deferred;    /* the deferred-free hook is running on this thread */
   uint32_t arena_hint; /* arena to claim fresh pages from first */
   bmm_heap_t *pool_next; /* link in the recycled-heap pool */
 };

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -294,4 +295,32 @@ size_t bmm__os_rss(void) {
   size_t pages = 0;
   while (*s >= '0' && *s <= '9') pages = pages * 10 + (size_t)(*s++ - '0');
   return pages * bmm__os_page_size();
+}
+
+static _Atomic(long long) os_start_us;
+
+static long long os_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void bmm__os_process_info_start(void) {
+  long long zero = 0;
+  atomic_compare_exchange_strong(&os_start_us, &zero, os_now_us());
+}
+
+void bmm__os_process_info(bmm_os_process_info_t *out) {
+  struct rusage ru;
+  memset(out, 0, sizeof *out);
+  long long start = atomic_load(&os_start_us);
+  out->elapsed_us = start ? os_now_us() - start : 0;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    out->user_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
+    out->system_us = (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+    out->peak_rss = (size_t)ru.ru_maxrss * 1024;
+    out->minor_faults = (unsigned long long)ru.ru_minflt;
+    out->major_faults = (unsigned long long)ru.ru_majflt;
+  }
+  out->rss = bmm__os_rss();
 }

@@ -116,6 +116,16 @@ bool bmm__os_atfork(void (*prepare)(void), void (*parent)(void),
 /* Resident set size of the process in bytes (0 if unknown). */
 size_t bmm__os_rss(void);
 
+/* What the kernel knows of the process, for statistics (zeros where it
+ * cannot tell). elapsed_us counts from bmm__os_process_info_start(). */
+typedef struct bmm_os_process_info_s {
+  long long elapsed_us, user_us, system_us;
+  size_t rss, peak_rss;
+  unsigned long long minor_faults, major_faults;
+} bmm_os_process_info_t;
+void bmm__os_process_info_start(void);
+void bmm__os_process_info(bmm_os_process_info_t *out);
+
 /* A number that identifies the calling thread among the living ones and is
  * never 0. It is the thread's TCB address: one instruction to read, unique
  * while the thread lives (a later thread may reuse it). */

@@ -1,0 +1,215 @@
+/* stats.c: bmm_stats_print, and the report at exit with show_stats=1.
+ *
+ * What it reports is what BrainMM keeps anyway, so the allocation paths
+ * pay nothing for it: the memory accounting of every arena and of the huge
+ * blocks (reserved, committed, in use, purged), the pages of the calling
+ * thread's heap per size class (pages, blocks in use, capacity), and the
+ * process's RSS, peak RSS, page faults, CPU and elapsed time. Counters of
+ * allocations per size class would cost the fast path an increment each;
+ * they are not kept.
+ *
+ * Output goes through a callback in chunks of whole lines, formatted into a
+ * stack buffer without stdio or malloc (this also runs at exit, or while
+ * the heap is suspect). Reads of other threads' state are racy snapshots.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct out_s {
+  bmm_output_fn *fn;
+  void *arg;
+  char buf[512];
+  size_t len;
+} out_t;
+
+static void out_flush(out_t *o) {
+  if (o->len == 0) return;
+  o->buf[o->len] = 0;
+  if (o->fn != NULL) o->fn(o->buf, o->arg);
+  else bmm__os_write_stderr(o->buf, o->len);
+  o->len = 0;
+}
+
+static void out_str(out_t *o, const char *s) {
+  for (; *s; s++) {
+    if (o->len >= sizeof o->buf - 1) out_flush(o);
+    o->buf[o->len++] = *s;
+    if (*s == '\n') out_flush(o);
+  }
+}
+
+/* Decimal, right-aligned in `width` columns (0: as is). */
+static void out_num(out_t *o, unsigned long long v, int width) {
+  char tmp[24], *p = tmp + sizeof tmp - 1;
+  *p = 0;
+  do {
+    *--p = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (int pad = width - (int)(tmp + sizeof tmp - 1 - p); pad > 0; pad--) out_str(o, " ");
+  out_str(o, p);
+}
+
+/* Bytes in KiB, MiB or GiB with one decimal, right-aligned in 10 columns. */
+static void out_bytes(out_t *o, size_t b) {
+  static const char *const unit[] = {" B", " KiB", " MiB", " GiB", " TiB"};
+  int u = 0;
+  unsigned long long whole = b, tenths = 0;
+  while (whole >= 1024 && u < 4) {
+    tenths = (whole % 1024) * 10 / 1024;
+    whole /= 1024;
+    u++;
+  }
+  char tmp[32];
+  size_t n = 0;
+  char digits[24], *p = digits + sizeof digits - 1;
+  *p = 0;
+  do {
+    *--p = (char)('0' + whole % 10);
+    whole /= 10;
+  } while (whole != 0);
+  while (*p) tmp[n++] = *p++;
+  if (u > 0) {
+    tmp[n++] = '.';
+    tmp[n++] = (char)('0' + tenths);
+  }
+  for (const char *s = unit[u]; *s; s++) tmp[n++] = *s;
+  tmp[n] = 0;
+  for (int pad = 12 - (int)n; pad > 0; pad--) out_str(o, " ");
+  out_str(o, tmp);
+}
+
+/* Seconds with three decimals from microseconds. */
+static void out_secs(out_t *o, long long us) {
+  out_num(o, (unsigned long long)(us / 1000000), 0);
+  out_str(o, ".");
+  long long ms = (us / 1000) % 1000;
+  if (ms < 100) out_str(o, "0");
+  if (ms < 10) out_str(o, "0");
+  out_num(o, (unsigned long long)ms, 0);
+}
+
+static void print_text(out_t *o) {
+  bmm_os_process_info_t pi;
+  bmm__os_process_info(&pi);
+  out_str(o, "BrainMM statistics\n");
+  out_str(o, "  elapsed ");
+  out_secs(o, pi.elapsed_us);
+  out_str(o, " s, user ");
+  out_secs(o, pi.user_us);
+  out_str(o, " s, system ");
+  out_secs(o, pi.system_us);
+  out_str(o, " s, page faults ");
+  out_num(o, pi.minor_faults, 0);
+  out_str(o, " minor / ");
+  out_num(o, pi.major_faults, 0);
+  out_str(o, " major\n  RSS     ");
+  out_bytes(o, pi.rss);
+  out_str(o, ", peak ");
+  out_bytes(o, pi.peak_rss);
+  out_str(o, "\n\n  memory           reserved   committed      in use      purged\n");
+  bmm_mem_stats_t st;
+  for (size_t i = 0; i < bmm__arena_count(); i++) {
+    if (!bmm__arena_stats(i, &st)) continue;
+    out_str(o, "  arena ");
+    out_num(o, i, 4);
+    out_str(o, " ");
+    out_bytes(o, st.reserved);
+    out_bytes(o, st.committed);
+    out_bytes(o, st.used);
+    out_bytes(o, st.purged);
+    out_str(o, "\n");
+  }
+  bmm__mem_stats(&st);
+  out_str(o, "  total      ");
+  out_bytes(o, st.reserved);
+  out_bytes(o, st.committed);
+  out_bytes(o, st.used);
+  out_bytes(o, st.purged);
+  out_str(o, "\n  (totals include huge blocks; large blocks are inside the arenas)\n");
+
+  bmm_class_stats_t cs[BMM_CLASS_COUNT];
+  size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
+  out_str(o, "\n  this thread's heap: block size   pages   blocks used   capacity      bytes used\n");
+  for (size_t c = 0; c < n; c++) {
+    if (cs[c].pages == 0) continue;
+    out_str(o, "                   ");
+    out_num(o, bmm__class_size(c), 13);
+    out_num(o, cs[c].pages, 8);
+    out_num(o, cs[c].used, 14);
+    out_num(o, cs[c].capacity, 11);
+    out_str(o, "  ");
+    out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
+    out_str(o, "\n");
+  }
+}
+
+static void json_field(out_t *o, const char *name, unsigned long long v, bool comma) {
+  out_str(o, "\"");
+  out_str(o, name);
+  out_str(o, "\": ");
+  out_num(o, v, 0);
+  if (comma) out_str(o, ", ");
+}
+
+static void print_json(out_t *o) {
+  bmm_os_process_info_t pi;
+  bmm__os_process_info(&pi);
+  out_str(o, "{\"process\": {");
+  json_field(o, "elapsed_us", (unsigned long long)pi.elapsed_us, true);
+  json_field(o, "user_us", (unsigned long long)pi.user_us, true);
+  json_field(o, "system_us", (unsigned long long)pi.system_us, true);
+  json_field(o, "rss", pi.rss, true);
+  json_field(o, "peak_rss", pi.peak_rss, true);
+  json_field(o, "minor_faults", pi.minor_faults, true);
+  json_field(o, "major_faults", pi.major_faults, false);
+  out_str(o, "},\n \"arenas\": [");
+  bmm_mem_stats_t st;
+  bool first = true;
+  for (size_t i = 0; i < bmm__arena_count(); i++) {
+    if (!bmm__arena_stats(i, &st)) continue;
+    out_str(o, first ? "{" : ", {");
+    first = false;
+    json_field(o, "index", i, true);
+    json_field(o, "reserved", st.reserved, true);
+    json_field(o, "committed", st.committed, true);
+    json_field(o, "used", st.used, true);
+    json_field(o, "purged", st.purged, false);
+    out_str(o, "}");
+  }
+  bmm__mem_stats(&st);
+  out_str(o, "],\n \"total\": {");
+  json_field(o, "reserved", st.reserved, true);
+  json_field(o, "committed", st.committed, true);
+  json_field(o, "used", st.used, true);
+  json_field(o, "purged", st.purged, false);
+  out_str(o, "},\n \"heap\": [");
+  bmm_class_stats_t cs[BMM_CLASS_COUNT];
+  size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
+  first = true;
+  for (size_t c = 0; c < n; c++) {
+    if (cs[c].pages == 0) continue;
+    out_str(o, first ? "{" : ", {");
+    first = false;
+    json_field(o, "block_size", bmm__class_size(c), true);
+    json_field(o, "pages", cs[c].pages, true);
+    json_field(o, "used", cs[c].used, true);
+    json_field(o, "capacity", cs[c].capacity, false);
+    out_str(o, "}");
+  }
+  out_str(o, "]}\n");
+}
+
+BMM_API void bmm_stats_print(bmm_output_fn *fn, void *arg) {
+  out_t o = {.fn = fn, .arg = arg, .len = 0};
+  if (bmm__options[BMM_OPTION_STATS_JSON]) print_json(&o);
+  else print_text(&o);
+  out_flush(&o);
+}
+
+/* show_stats=1: the report at exit (a destructor, not atexit, which may
+ * allocate while we initialise). */
+__attribute__((destructor)) static void stats_at_exit(void) {
+  if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm_stats_print(NULL, NULL);
+}

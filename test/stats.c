@@ -1,0 +1,121 @@
+/* stats.c: section 10 introspection: bmm_stats_print writes the memory
+ * accounting and the calling thread's pages per size class (as a table,
+ * and as JSON with stats_json=1) through the callback given; show_stats=1
+ * from the environment prints it at exit (in a child process); the
+ * deferred-free hook runs regularly from the slow path with a growing
+ * heartbeat, is not re-entered when it allocates, and gets force=true from
+ * bmm_collect(true).
+ */
+#define _GNU_SOURCE
+#include <brainmm.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static char text[1 << 16];
+static size_t text_len;
+
+static void collect(const char *chunk, void *arg) {
+  CHECK(arg == (void *)text);
+  size_t n = strlen(chunk);
+  if (text_len + n < sizeof text) {
+    memcpy(text + text_len, chunk, n);
+    text_len += n;
+    text[text_len] = 0;
+  }
+}
+
+static unsigned long long calls, forced, last_beat, inner_calls;
+static int depth;
+
+static void hook(bool force, unsigned long long heartbeat, void *arg) {
+  CHECK(arg == &calls);
+  if (depth++ != 0) inner_calls++; /* must never happen */
+  calls++;
+  if (force) forced++;
+  CHECK(heartbeat >= last_beat);
+  last_beat = heartbeat;
+  free(malloc(64)); /* may allocate: not called again meanwhile */
+  depth--;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--child") == 0) {
+    free(malloc(100));
+    return 0;
+  }
+  void *keep[100];
+  for (int i = 0; i < 100; i++) keep[i] = bmm_malloc(48);
+  void *big = bmm_malloc(1 << 20);
+
+  bmm_stats_print(collect, text);
+  CHECK(strstr(text, "BrainMM statistics") != NULL);
+  CHECK(strstr(text, "arena    0") != NULL);
+  CHECK(strstr(text, "total") != NULL);
+  /* the 48-byte class shows at least the 100 blocks kept */
+  const char *row = strstr(text, "\n                              48 ");
+  CHECK(row != NULL);
+  if (row != NULL) {
+    unsigned long pages = 0, used = 0;
+    CHECK(sscanf(row, " 48 %lu %lu", &pages, &used) == 2 && pages >= 1 && used >= 100);
+  }
+
+  text_len = 0;
+  CHECK(bmm_option_set("stats_json", 1) == 0);
+  bmm_stats_print(collect, text);
+  CHECK(text[0] == '{' && strstr(text, "\"total\": {\"reserved\": ") != NULL);
+  CHECK(strstr(text, "{\"block_size\": 48, \"pages\": ") != NULL);
+  CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
+  CHECK(bmm_option_set("stats_json", 0) == 0);
+
+  /* show_stats from the environment, at exit, in a child. */
+  int fds[2];
+  CHECK(pipe(fds) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    setenv("BMM_SHOW_STATS", "1", 1);
+    execl("/proc/self/exe", "stats", "--child", (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  char buf[4096];
+  size_t got = 0;
+  ssize_t n;
+  while (got < sizeof buf - 1 && (n = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0)
+    got += (size_t)n;
+  buf[got] = 0;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(strstr(buf, "BrainMM statistics") != NULL);
+
+  /* The deferred-free hook. */
+  bmm_register_deferred_free(hook, &calls);
+  for (int i = 0; i < 200000; i++) {
+    void *p = bmm_malloc(16 + (size_t)(i % 64) * 16);
+    bmm_free(p);
+    void *q = bmm_malloc(32);
+    keep[i % 100] = q; /* some live, so pages run out now and then */
+    if (i % 3 == 0) bmm_free(q);
+  }
+  CHECK(calls > 0 && last_beat > 0);
+  CHECK(inner_calls == 0);
+  unsigned long long before = forced;
+  bmm_collect(true);
+  CHECK(forced == before + 1);
+  bmm_register_deferred_free(NULL, NULL);
+  unsigned long long after = calls;
+  for (int i = 0; i < 100000; i++) bmm_free(bmm_malloc(24));
+  bmm_collect(true);
+  CHECK(calls == after); /* unregistered */
+  bmm_free(big);
+  printf("stats: hook called %llu times, heartbeat %llu\n", calls, last_beat);
+  return check_done();
+}
