@@ -80,6 +80,13 @@ static void span_set(bmm_arena_t *a, size_t pg, size_t len, bool free) {
   a->spans[pg + len - 1].tail = (uint32_t)(len << 1 | free);
 }
 
+/* A span handed out: used, and no alignment recorded (yet; its unused
+ * free-list link holds the alignment asked, see bmm__large_alloc). */
+static void span_set_used(bmm_arena_t *a, size_t pg, size_t len) {
+  span_set(a, pg, len, false);
+  a->spans[pg].next = 0;
+}
+
 /* Forget a span's tags: only live boundaries are ever non-zero, which is
  * what lets free() tell a span start from an interior page. */
 static void span_clear(bmm_arena_t *a, size_t pg, size_t len) {
@@ -109,7 +116,8 @@ static void bin_insert(bmm_arena_t *a, size_t pg, size_t len) {
   a->spans[pg].prev = 0;
   if (head) a->spans[head - 1].prev = (uint32_t)(pg + 1);
   a->span_bin_head[bin] = (uint32_t)(pg + 1);
-  a->span_bin_map[bin / 64] |= (uint64_t)1 << (bin % 64);
+  atomic_fetch_or_explicit(&a->span_bin_map[bin / 64], (uint64_t)1 << (bin % 64),
+                           memory_order_relaxed);
 }
 
 static void bin_remove(bmm_arena_t *a, size_t pg) {
@@ -118,25 +126,35 @@ static void bin_remove(bmm_arena_t *a, size_t pg) {
   if (prev) a->spans[prev - 1].next = next;
   else a->span_bin_head[bin] = next;
   if (next) a->spans[next - 1].prev = prev;
-  if (a->span_bin_head[bin] == 0) a->span_bin_map[bin / 64] &= ~((uint64_t)1 << (bin % 64));
+  if (a->span_bin_head[bin] == 0)
+    atomic_fetch_and_explicit(&a->span_bin_map[bin / 64], ~((uint64_t)1 << (bin % 64)),
+                              memory_order_relaxed);
   span_clear(a, pg, len);
 }
 
-/* First page of a free span of at least `len` pages, taken out of its bin
- * (its length in *got), or SIZE_MAX. */
-static size_t bin_take(bmm_arena_t *a, size_t len, size_t *got) {
+/* The first non-empty bin whose every span holds `len` pages, or SIZE_MAX.
+ * Relaxed reads: without the lock it is a peek (to skip the lock of
+ * arenas that cannot serve), under it the truth. */
+static size_t bin_fitting(bmm_arena_t *a, size_t len) {
   size_t bin = bin_of(len);
   if (bin_min(bin) < len) bin++; /* every span in the next bin fits */
   for (size_t w = bin / 64; w < (BMM_SPAN_BINS + 63) / 64; w++) {
-    uint64_t m = a->span_bin_map[w];
+    uint64_t m = atomic_load_explicit(&a->span_bin_map[w], memory_order_relaxed);
     if (w == bin / 64) m &= ~(uint64_t)0 << (bin % 64);
-    if (m == 0) continue;
-    size_t pg = a->span_bin_head[w * 64 + (size_t)__builtin_ctzll(m)] - 1;
-    *got = a->spans[pg].head >> 1;
-    bin_remove(a, pg);
-    return pg;
+    if (m != 0) return w * 64 + (size_t)__builtin_ctzll(m);
   }
   return SIZE_MAX;
+}
+
+/* First page of a free span of at least `len` pages, taken out of its bin
+ * (its length in *got), or SIZE_MAX. Lock held. */
+static size_t bin_take(bmm_arena_t *a, size_t len, size_t *got) {
+  size_t bin = bin_fitting(a, len);
+  if (bin == SIZE_MAX) return SIZE_MAX;
+  size_t pg = a->span_bin_head[bin] - 1;
+  *got = a->spans[pg].head >> 1;
+  bin_remove(a, pg);
+  return pg;
 }
 
 /* ---- Span units ---------------------------------------------------------- */
@@ -194,12 +212,11 @@ static void *span_alloc(size_t n) {
   size_t start = heap->arena_hint < count ? heap->arena_hint : 0;
   for (size_t k = 0; k < count; k++) {
     bmm_arena_t *a = bmm__arena_get((start + k) % count);
-    if (a == NULL) continue;
+    if (a == NULL || bin_fitting(a, n) == SIZE_MAX) continue; /* peek */
     span_lock(a);
     size_t len, pg = bin_take(a, n, &len);
     if (pg != SIZE_MAX) {
-      span_set(a, pg, n, false);
-      a->spans[pg].next = 0; /* no alignment asked (yet) */
+      span_set_used(a, pg, n);
       if (len > n) bin_insert(a, pg + n, len - n); /* neighbours are used: no merge */
       span_unlock(a);
       return page_addr(a, pg);
@@ -216,8 +233,7 @@ static void *span_alloc(size_t n) {
   size_t unit = (size_t)(first - a->pages), pg = unit * BMM_UNIT_PAGES;
   span_lock(a);
   units_to_spans(a, unit, units);
-  span_set(a, pg, n, false);
-  a->spans[pg].next = 0;
+  span_set_used(a, pg, n);
   if (units * BMM_UNIT_PAGES > n) span_make_free(a, pg + n, units * BMM_UNIT_PAGES - n);
   span_unlock(a);
   return page_addr(a, pg);
@@ -584,7 +600,7 @@ static bool span_check_arena(bmm_arena_t *a) {
   }
   for (size_t b = 0; b < BMM_SPAN_BINS && ok; b++) {
     bool nonempty = a->span_bin_head[b] != 0;
-    if (nonempty != ((a->span_bin_map[b / 64] >> (b % 64)) & 1)) ok = false;
+    if (nonempty != ((atomic_load(&a->span_bin_map[b / 64]) >> (b % 64)) & 1)) ok = false;
     uint32_t prev = 0;
     for (uint32_t i = a->span_bin_head[b]; i != 0 && ok; i = a->spans[i - 1].next) {
       uint32_t head = a->spans[i - 1].head;

@@ -180,7 +180,9 @@ struct bmm_arena_s {
   /* Large spans: everything below is guarded by span_lock. */
   atomic_int span_lock;
   uint32_t span_bin_head[BMM_SPAN_BINS]; /* first page + 1 of a free span, 0: none */
-  uint64_t span_bin_map[(BMM_SPAN_BINS + 63) / 64];
+  /* Written under span_lock; read without it (relaxed) to skip arenas
+   * whose bins cannot serve a request. */
+  _Atomic(uint64_t) span_bin_map[(BMM_SPAN_BINS + 63) / 64];
   bmm_span_slot_t spans[BMM_ARENA_PAGES];
   bmm_page_t pages[BMM_ARENA_UNITS] __attribute__((aligned(128)));
 };
