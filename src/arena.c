@@ -849,9 +849,13 @@ bool bmm__arena_check_all(void) {
   return true;
 }
 
-/* fork: no span lock may be held across fork(), or the child would find it
- * taken forever. Take them all before, release them after, in both. */
+/* fork: no lock of ours may be held across fork(), or the child would find
+ * it taken forever. Take them all before (the huge cache, the region-block
+ * registry, every arena's span lock, always in that order), release them
+ * after, in parent and child. */
 void bmm__arena_fork_prepare(void) {
+  huge_cache_acquire();
+  region_blocks_acquire();
   size_t count = bmm__arena_count();
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
@@ -871,4 +875,6 @@ void bmm__arena_fork_release(void) {
     bmm_arena_t *arena = arena_at(a);
     if (arena != NULL) atomic_store_explicit(&arena->span_lock, 0, memory_order_release);
   }
+  region_blocks_release();
+  huge_cache_release();
 }
