@@ -254,6 +254,10 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
   heap->heartbeat++;
+  /* The check build validates this thread's whole heap every 256th visit
+   * (here it is consistent; other threads' state cannot be checked without
+   * stopping them). */
+  bmm_assert_expensive((heap->heartbeat & 255) != 0 || bmm__heap_check(heap));
   bmm__heap_deferred_free(heap, false);
   bmm_page_t *page = heap->queues[qi].first;
   while (page != NULL) {
