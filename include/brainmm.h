@@ -117,6 +117,26 @@ BMM_API void bmm_jit_free_sync(bmm_jit_t *jit, void *code);
 BMM_API void *bmm_jit_writable(bmm_jit_t *jit, void *code); /* where to write the code */
 BMM_API void bmm_jit_flush(void *code, size_t size);        /* make new code visible */
 
+/* ---- 9. Relocatable heap: handles and compaction ---------------------- */
+
+typedef struct bmm_rheap bmm_rheap_t;
+typedef struct bmm_handle bmm_handle_t;
+/* mem NULL: the heap's memory (size bytes) comes from the OS. */
+BMM_API bmm_rheap_t *bmm_rheap_new(void *mem, size_t size);
+BMM_API void bmm_rheap_delete(bmm_rheap_t *rh);
+BMM_API int bmm_ralloc(bmm_rheap_t *rh, bmm_handle_t **h, size_t size); /* 0 or ENOMEM */
+BMM_API int bmm_rrealloc(bmm_handle_t *h, size_t size);
+BMM_API int bmm_rlock(bmm_handle_t *h, void **ptr); /* pins the block, gives its address */
+BMM_API int bmm_runlock(bmm_handle_t *h);
+BMM_API int bmm_rfree(bmm_handle_t *h);
+BMM_API size_t bmm_rsize(const bmm_handle_t *h);
+BMM_API size_t bmm_rcompact(bmm_rheap_t *rh); /* returns bytes moved */
+enum { BMM_COMPACT_NOW, BMM_COMPACT_LATER };
+enum { BMM_FULLNESS_LOW, BMM_FULLNESS_HIGH };
+typedef int bmm_fullness_fn(bmm_rheap_t *rh, int level, void *arg);
+BMM_API void bmm_rheap_notify(bmm_rheap_t *rh, double low, double high, bmm_fullness_fn *fn,
+                              void *arg);
+
 /* ---- 10. Introspection and control (the parts implemented so far) ----- */
 
 /* Statistics: the memory accounting of every arena (reserved, committed,

@@ -2,14 +2,16 @@
  * (format: src/trace_format.h) and measures the allocator that serves it.
  *
  *   bmm-replay TRACE [--threads N] [--touch pages|ends|none]
- *   bmm-replay TRACE --fixed-heap BYTES [--heap firstfit] [--check-heap]
+ *   bmm-replay TRACE --fixed-heap BYTES [--heap firstfit|bmm-rheap] [--rheap-locked N]
+ *              [--check-heap]
  *   bmm-replay TRACE --info
  *
  * Owns: loading a trace (validating it and putting every record in one
  * global order), replay through the process's malloc (one thread, or one
  * replay thread per recorded thread), the fixed-heap mode with its heap
- * interface, and the first-fit heap that is the interface's first
- * implementation.
+ * interface, the first-fit heap that is the interface's first
+ * implementation, and the adapter that replays into BrainMM's relocatable
+ * heap (bmm_rheap_*, src/rheap.c), the only BrainMM code linked in.
  *
  * Loading. The file is mapped and decoded with a running clock (a TIME
  * record sets it, other records advance it, see trace_format.h). Each
@@ -58,7 +60,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "brainmm.h"
 #include "trace_format.h"
+
+/* src/rheap.c internals (prototypes in src/internal.h). */
+void bmm__rheap_counters(bmm_rheap_t *rh, size_t *used, size_t *capacity, size_t *compactions,
+                         size_t *bytes_moved);
+bool bmm__rheap_check(bmm_rheap_t *rh);
 
 /* ---- Small helpers ---------------------------------------------------- */
 
@@ -713,8 +721,10 @@ static int run_replay(const trace_t *t, unsigned want_threads) {
 /* ---- The heap interface for fixed-heap replay --------------------------- */
 
 /* A heap that manages a fixed amount of memory. The replay stops at its
- * first failed allocation. Further implementations (the BrainMM fixed heap,
- * the relocatable heap) are added to replay_heaps[] below. */
+ * first failed allocation. Implementations are listed in replay_heaps[]
+ * below. What alloc and realloc return is the object as the heap names it:
+ * a pointer, or for a handle heap a handle, which lock turns into the
+ * address of the contents until unlock. */
 typedef struct replay_heap_s {
   const char *name;
   const char *description;
@@ -730,6 +740,13 @@ typedef struct replay_heap_s {
   size_t (*used_bytes)(void *heap);
   /* Optional: checks every invariant, printing the first that fails. */
   bool (*check)(void *heap);
+  /* Optional (a handle heap): the address of obj's contents, valid until
+   * unlock; without them obj is that address. */
+  void *(*lock)(void *heap, void *obj);
+  void (*unlock)(void *heap, void *obj);
+  /* Optional (a compacting heap): compactions so far, bytes they moved,
+   * seconds they took. */
+  void (*compaction)(void *heap, size_t *count, size_t *bytes, double *seconds);
 } replay_heap_t;
 
 /* ---- firstfit: address-ordered first fit over one buffer ----------------- */
@@ -1048,9 +1065,161 @@ static bool ff_check(void *heap) {
   return ok;
 }
 
+/* ---- bmm-rheap: BrainMM's relocatable heap ------------------------------ */
+
+/* Every trace object is a handle into one bmm_rheap_t built in a buffer of
+ * the given size (the heap's header, hole lists and handle table live in
+ * it too, and count as used). The model of use: a program locks an object
+ * while it works on its contents and unlocks it when done. The replay
+ * locks each object right after the allocation or realloc that gives it
+ * contents, writes them (calloc's zeroes, the touch), and unlocks it; that
+ * is the way a handle heap is meant to be used, locking around each use
+ * rather than for an object's lifetime. With --rheap-locked N, the N
+ * objects allocated or reallocated last also stay locked (a working set:
+ * each is unlocked when N newer ones have come, or before its realloc or
+ * free), so compaction meets pinned blocks; with 0 (the default) no block
+ * is locked between operations and compaction may move any of them.
+ * realloc is bmm_rrealloc (the handle stays the same), free bmm_rfree. A
+ * request aligned beyond 16 bytes asks for size + align - 16 bytes, the
+ * room a program would need to align inside a 16-aligned block. No
+ * fullness thresholds are set: the heap compacts only when an allocation
+ * finds no room, in bmm_ralloc's or bmm_rrealloc's own compaction before
+ * ENOMEM, so the first failure is a failure after compaction. Compaction
+ * time: a bmm_ralloc/bmm_rrealloc call during which the heap's compaction
+ * count rose is timed whole (the allocation around the compaction costs
+ * well under a microsecond). */
+static size_t g_rheap_locked; /* --rheap-locked */
+
+typedef struct rh_replay_s {
+  bmm_rheap_t *rh;
+  void *buf;
+  size_t bytes;
+  size_t compactions; /* as of the last call */
+  double compact_seconds;
+  bmm_handle_t **ring; /* the working set: g_rheap_locked slots, NULL when empty */
+  size_t ring_next;    /* the slot to reuse next (the oldest) */
+} rh_replay_t;
+
+/* h joins the working set (locked), evicting (unlocking) the oldest. */
+static void rh_ring_push(rh_replay_t *r, bmm_handle_t *h) {
+  if (g_rheap_locked == 0) return;
+  bmm_handle_t **slot = &r->ring[r->ring_next];
+  r->ring_next = (r->ring_next + 1) % g_rheap_locked;
+  if (*slot != NULL && bmm_runlock(*slot) != 0) die("bmm_runlock failed");
+  void *p;
+  if (bmm_rlock(h, &p) != 0) die("bmm_rlock failed");
+  *slot = h;
+}
+
+/* h leaves the working set (unlocked) if it is in it. */
+static void rh_ring_remove(rh_replay_t *r, bmm_handle_t *h) {
+  for (size_t i = 0; i < g_rheap_locked; i++) {
+    if (r->ring[i] != h) continue;
+    if (bmm_runlock(h) != 0) die("bmm_runlock failed");
+    r->ring[i] = NULL;
+    return;
+  }
+}
+
+static void *rh_create(size_t bytes) {
+  rh_replay_t *r = table_alloc(sizeof *r);
+  r->ring = table_alloc(g_rheap_locked * sizeof *r->ring);
+  r->buf = table_alloc(bytes);
+  r->bytes = bytes;
+  r->rh = bmm_rheap_new(r->buf, bytes);
+  if (r->rh == NULL) {
+    fprintf(stderr, "%s: bmm_rheap_new(%zu bytes): %s\n", g_prog, bytes, strerror(errno));
+    table_free(r->buf, bytes);
+    table_free(r->ring, g_rheap_locked * sizeof *r->ring);
+    table_free(r, sizeof *r);
+    return NULL;
+  }
+  return r;
+}
+
+static void rh_destroy(void *heap) {
+  rh_replay_t *r = heap;
+  bmm_rheap_delete(r->rh);
+  table_free(r->buf, r->bytes);
+  table_free(r->ring, g_rheap_locked * sizeof *r->ring);
+  table_free(r, sizeof *r);
+}
+
+/* Called after an allocating call that started at t0. */
+static void rh_account(rh_replay_t *r, double t0) {
+  size_t n = 0;
+  bmm__rheap_counters(r->rh, NULL, NULL, &n, NULL);
+  if (n != r->compactions) {
+    r->compact_seconds += now_seconds() - t0;
+    r->compactions = n;
+  }
+}
+
+static void *rh_alloc(void *heap, size_t size, size_t align) {
+  rh_replay_t *r = heap;
+  if (align > 16) {
+    if (size > SIZE_MAX - align) return NULL;
+    size += align - 16;
+  }
+  bmm_handle_t *h = NULL;
+  double t0 = now_seconds();
+  int err = bmm_ralloc(r->rh, &h, size);
+  rh_account(r, t0);
+  if (err != 0) return NULL;
+  rh_ring_push(r, h);
+  return h;
+}
+
+static void *rh_realloc(void *heap, void *p, size_t size) {
+  rh_replay_t *r = heap;
+  rh_ring_remove(r, p); /* unlocked, so that it may move */
+  double t0 = now_seconds();
+  int err = bmm_rrealloc(p, size);
+  rh_account(r, t0);
+  rh_ring_push(r, p); /* in the working set again, whether it grew or not */
+  return err == 0 ? p : NULL;
+}
+
+static void rh_free(void *heap, void *p) {
+  if (p == NULL) return;
+  rh_ring_remove(heap, p);
+  if (bmm_rfree(p) != 0) die("bmm_rfree failed");
+}
+
+static size_t rh_used_bytes(void *heap) {
+  size_t used = 0;
+  bmm__rheap_counters(((rh_replay_t *)heap)->rh, &used, NULL, NULL, NULL);
+  return used;
+}
+
+static bool rh_check(void *heap) {
+  return bmm__rheap_check(((rh_replay_t *)heap)->rh);
+}
+
+static void *rh_lock(void *heap, void *obj) {
+  (void)heap;
+  void *p = NULL;
+  if (bmm_rlock(obj, &p) != 0) die("bmm_rlock failed");
+  return p;
+}
+
+static void rh_unlock(void *heap, void *obj) {
+  (void)heap;
+  if (bmm_runlock(obj) != 0) die("bmm_runlock failed");
+}
+
+static void rh_compaction(void *heap, size_t *count, size_t *bytes, double *seconds) {
+  rh_replay_t *r = heap;
+  bmm__rheap_counters(r->rh, NULL, NULL, count, bytes);
+  *seconds = r->compact_seconds;
+}
+
 static const replay_heap_t replay_heaps[] = {
     {"firstfit", "address-ordered first fit with coalescing over one buffer (built in)", ff_create,
-     ff_destroy, ff_alloc, ff_realloc, ff_free, ff_used_bytes, ff_check},
+     ff_destroy, ff_alloc, ff_realloc, ff_free, ff_used_bytes, ff_check, NULL, NULL, NULL},
+    {"bmm-rheap", "BrainMM's relocatable heap (handles, compaction) in one buffer", rh_create,
+     rh_destroy, rh_alloc, rh_realloc, rh_free, rh_used_bytes, rh_check, rh_lock, rh_unlock,
+     rh_compaction},
 };
 
 static const replay_heap_t *find_heap(const char *name) {
@@ -1088,11 +1257,13 @@ static int run_fixed(const trace_t *t, const replay_heap_t *heap_ops, size_t byt
         failed = o;
         break;
       }
-      if (o->op == BMM_TRACE_OP_CALLOC) memset(p, 0, o->size);
+      void *mem = heap_ops->lock ? heap_ops->lock(heap, p) : p;
+      if (o->op == BMM_TRACE_OP_CALLOC) memset(mem, 0, o->size);
       live = live - (s->size_plus1 ? s->size_plus1 - 1 : 0) + o->size;
       s->ptr = p;
       s->size_plus1 = o->size + 1;
-      touch(p, o->size);
+      touch(mem, o->size);
+      if (heap_ops->unlock) heap_ops->unlock(heap, p);
     }
     if (live > peak_live) peak_live = live;
     size_t used = heap_ops->used_bytes(heap);
@@ -1105,14 +1276,20 @@ static int run_fixed(const trace_t *t, const replay_heap_t *heap_ops, size_t byt
   }
   double seconds = now_seconds() - t0;
   size_t used = heap_ops->used_bytes(heap);
+  size_t compactions = 0, compacted_bytes = 0;
+  double compact_seconds = 0;
+  if (heap_ops->compaction)
+    heap_ops->compaction(heap, &compactions, &compacted_bytes, &compact_seconds);
   printf("RESULT workload=fixed-heap trace=%s heap=%s heap_bytes=%zu ops=%zu replayed_ops=%zu "
          "replayed_pct=%.2f completed=%s failed_op=%s failed_size=%" PRIu64
          " used_bytes=%zu used_pct=%.2f live_bytes=%" PRIu64 " peak_live_bytes=%" PRIu64
-         " peak_used_bytes=%zu seconds=%.6f\n",
+         " peak_used_bytes=%zu seconds=%.6f compactions=%zu compacted_bytes=%zu"
+         " compact_seconds=%.6f\n",
          t->name, heap_ops->name, bytes, t->nops, i,
          t->nops ? 100.0 * (double)i / (double)t->nops : 100.0, failed ? "no" : "yes",
          failed ? op_name(failed->op) : "none", failed ? failed->size : 0, used,
-         100.0 * (double)used / (double)bytes, live, peak_live, peak_used, seconds);
+         100.0 * (double)used / (double)bytes, live, peak_live, peak_used, seconds, compactions,
+         compacted_bytes, compact_seconds);
   table_free(slots, t->nslots * sizeof *slots);
   heap_ops->destroy(heap);
   return 0;
@@ -1123,7 +1300,7 @@ static int run_fixed(const trace_t *t, const replay_heap_t *heap_ops, size_t byt
 static void usage(FILE *out) {
   fprintf(out,
           "usage: %s TRACE [--threads N] [--touch pages|ends|none]\n"
-          "       %s TRACE --fixed-heap BYTES [--heap NAME] [--check-heap]\n"
+          "       %s TRACE --fixed-heap BYTES [--heap NAME] [--rheap-locked N] [--check-heap]\n"
           "       %s TRACE --info\n"
           "\n"
           "Replays an allocation trace recorded with LD_PRELOAD=libbrainmm-trace.so through\n"
@@ -1142,11 +1319,16 @@ static void usage(FILE *out) {
           "  --fixed-heap B   replay single-threaded into a heap of B bytes (suffixes k, M, G)\n"
           "                   until the first allocation fails; prints RESULT workload=fixed-heap\n"
           "                   with the operations replayed and the heap use at that point\n"
-          "  --heap NAME      the fixed heap: only 'firstfit' exists (address-ordered first\n"
-          "                   fit with coalescing, built in). The BrainMM fixed heap\n"
-          "                   ('bmm-fixed') and relocatable heap ('bmm-rheap') will be added\n"
-          "                   as further implementations of the same interface; any other\n"
+          "  --heap NAME      the fixed heap: 'firstfit' (address-ordered first fit with\n"
+          "                   coalescing, built in; the default) or 'bmm-rheap' (BrainMM's\n"
+          "                   relocatable heap: each object a handle, locked while its\n"
+          "                   contents are written, compacted when an allocation finds no\n"
+          "                   room: RESULT's compactions=, compacted_bytes= and\n"
+          "                   compact_seconds= count them; 0 for firstfit). The BrainMM\n"
+          "                   fixed heap ('bmm-fixed') is not implemented yet; any other\n"
           "                   name is an error\n"
+          "  --rheap-locked N with bmm-rheap: the N objects allocated or reallocated last\n"
+          "                   stay locked (pinned) until N newer ones come (default 0)\n"
           "  --check-heap     check the fixed heap's invariants after every operation (slow)\n"
           "  --info           print a summary of the trace (INFO line) and replay nothing\n",
           g_prog, g_prog, g_prog);
@@ -1210,6 +1392,11 @@ int main(int argc, char **argv) {
       fixed = true;
     } else if ((v = option_value(argc, argv, &i, "--heap"))) {
       heap_name = v;
+    } else if ((v = option_value(argc, argv, &i, "--rheap-locked"))) {
+      char *end;
+      unsigned long n = strtoul(v, &end, 10);
+      if (*end || n > 1000000) die("--rheap-locked wants 0..1000000, not %s", v);
+      g_rheap_locked = n;
     } else if ((v = option_value(argc, argv, &i, "--touch"))) {
       if (strcmp(v, "pages") == 0)
         g_touch = TOUCH_PAGES;
@@ -1238,10 +1425,12 @@ int main(int argc, char **argv) {
   }
   const replay_heap_t *heap = find_heap(heap_name);
   if (heap == NULL)
-    die("unknown heap '%s': only 'firstfit' is implemented (bmm-fixed and bmm-rheap are not yet)",
+    die("unknown heap '%s': 'firstfit' and 'bmm-rheap' are implemented (bmm-fixed is not yet)",
         heap_name);
   if (fixed && threads > 1) die("--fixed-heap replays in one thread; drop --threads");
   if (check && !fixed) die("--check-heap goes with --fixed-heap");
+  if (g_rheap_locked && (!fixed || strcmp(heap->name, "bmm-rheap") != 0))
+    die("--rheap-locked goes with --fixed-heap and --heap bmm-rheap");
 
   trace_t trace;
   trace_load(&trace, path);
