@@ -527,16 +527,11 @@ void bmm__mem_stats(bmm_mem_stats_t *out) {
  * few are kept, found by size; the purge sweep unmaps the expired ones. */
 
 static void huge_cache_acquire(void) {
-  int expected = 0;
-  while (!atomic_compare_exchange_weak_explicit(&huge_cache_lock, &expected, 1,
-                                                memory_order_acquire, memory_order_relaxed)) {
-    expected = 0;
-    bmm__os_yield();
-  }
+  bmm__spin_lock(&huge_cache_lock);
 }
 
 static void huge_cache_release(void) {
-  atomic_store_explicit(&huge_cache_lock, 0, memory_order_release);
+  bmm__spin_unlock(&huge_cache_lock);
 }
 
 static bool huge_cache_put(bmm_arena_t *h) {
@@ -739,16 +734,11 @@ static struct {
 static atomic_int region_blocks_lock;
 
 static void region_blocks_acquire(void) {
-  int expected = 0;
-  while (!atomic_compare_exchange_weak_explicit(&region_blocks_lock, &expected, 1,
-                                                memory_order_acquire, memory_order_relaxed)) {
-    expected = 0;
-    bmm__os_yield();
-  }
+  bmm__spin_lock(&region_blocks_lock);
 }
 
 static void region_blocks_release(void) {
-  atomic_store_explicit(&region_blocks_lock, 0, memory_order_release);
+  bmm__spin_unlock(&region_blocks_lock);
 }
 
 void *bmm__region_block_alloc(size_t size, size_t align) {
@@ -859,13 +849,7 @@ void bmm__arena_fork_prepare(void) {
   size_t count = bmm__arena_count();
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
-    if (arena == NULL) continue;
-    int expected = 0;
-    while (!atomic_compare_exchange_weak_explicit(&arena->span_lock, &expected, 1,
-                                                  memory_order_acquire, memory_order_relaxed)) {
-      expected = 0;
-      bmm__os_yield();
-    }
+    if (arena != NULL) bmm__spin_lock(&arena->span_lock);
   }
 }
 
@@ -873,7 +857,7 @@ void bmm__arena_fork_release(void) {
   size_t count = bmm__arena_count();
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
-    if (arena != NULL) atomic_store_explicit(&arena->span_lock, 0, memory_order_release);
+    if (arena != NULL) bmm__spin_unlock(&arena->span_lock);
   }
   region_blocks_release();
   huge_cache_release();

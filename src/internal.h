@@ -68,6 +68,29 @@ bmm_inline size_t bmm__class_size(size_t c) {
   return base + (e + 1) * (base >> 3);
 }
 
+/* ---- Spin locks (lock.c) --------------------------------------------- */
+
+/* A pause for spin loops: lets the other hyperthread run, saves power. */
+bmm_inline void bmm__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield" ::: "memory");
+#endif
+}
+
+void bmm__spin_lock_contended(atomic_int *lock);
+
+/* acquire: the holder's writes before its release are visible to us. */
+bmm_inline void bmm__spin_lock(atomic_int *lock) {
+  if (bmm_likely(atomic_exchange_explicit(lock, 1, memory_order_acquire) == 0)) return;
+  bmm__spin_lock_contended(lock);
+}
+
+bmm_inline void bmm__spin_unlock(atomic_int *lock) {
+  atomic_store_explicit(lock, 0, memory_order_release);
+}
+
 /* ---- Region map and page lookup (arena.c) ----------------------------- */
 
 extern _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];

@@ -52,8 +52,8 @@
  *
  * Concurrency. bmm_jit_alloc and bmm_jit_free: the caller serialises all
  * such calls on one heap. bmm_jit_alloc_sync and bmm_jit_free_sync take the
- * heap's spin lock (test and test-and-set; on contention pauses that
- * double, then yields: a critical section is a few hundred cycles, so
+ * heap's spin lock (lock.c: test and test-and-set; on contention pauses
+ * that double, then yields: a critical section is a few hundred cycles, so
  * sleeping would cost more than spinning, but on an oversubscribed machine
  * the holder may be descheduled, and then only yielding lets it finish).
  * bmm_jit_writable may run on any thread, alongside allocations and frees
@@ -113,10 +113,6 @@
  * chunk's bitmaps below 4 MiB. */
 #define JIT_BLOCK_MAX ((size_t)1 << 30)
 
-/* Backoff of the spin lock: rounds of 1, 2, 4 ... 64 pause instructions
- * (127 in all, about 1 to 20 us depending on the core's pause latency),
- * then bmm__os_yield between tests. */
-#define JIT_SPIN_ROUNDS 7
 
 /* Debug builds fill fresh and freed blocks with an instruction that traps,
  * instead of the 0xD0/0xDF data patterns: a call into code that was never
@@ -249,38 +245,12 @@ static size_t chunk_free_run_start(const jit_chunk_t *c, size_t g) {
 
 /* ---- The spin lock --------------------------------------------------- */
 
-static inline void jit_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield" ::: "memory");
-#endif
-}
-
-static bmm_noinline void jit_lock_contended(bmm_jit_t *jit) {
-  unsigned round = 0;
-  for (;;) {
-    /* Wait with plain loads, so that the line stays shared until free. */
-    while (atomic_load_explicit(&jit->lock, memory_order_relaxed) != 0) {
-      if (round < JIT_SPIN_ROUNDS) {
-        for (unsigned i = 0; i < 1u << round; i++)
-          jit_cpu_relax();
-        round++;
-      } else {
-        bmm__os_yield();
-      }
-    }
-    if (atomic_exchange_explicit(&jit->lock, 1, memory_order_acquire) == 0) return;
-  }
-}
-
 static inline void jit_lock(bmm_jit_t *jit) {
-  if (bmm_likely(atomic_exchange_explicit(&jit->lock, 1, memory_order_acquire) == 0)) return;
-  jit_lock_contended(jit);
+  bmm__spin_lock(&jit->lock);
 }
 
 static inline void jit_unlock(bmm_jit_t *jit) {
-  atomic_store_explicit(&jit->lock, 0, memory_order_release);
+  bmm__spin_unlock(&jit->lock);
 }
 
 /* ---- The chunk index (sequence lock) --------------------------------- */
@@ -322,7 +292,7 @@ static jit_chunk_t *jit_chunk_of(bmm_jit_t *jit, const void *p) {
   for (;;) {
     uint32_t seq = atomic_load_explicit(&jit->index_seq, memory_order_acquire);
     if (bmm_unlikely(seq & 1)) {
-      jit_cpu_relax();
+      bmm__cpu_relax();
       continue;
     }
     size_t lo = 0, hi = atomic_load_explicit(&jit->index_count, memory_order_acquire);

@@ -20,7 +20,7 @@
  * own (BMM_PAGE_HUGE) that grows with mremap.
  *
  * Concurrency: each arena's span table and bins are guarded by its
- * span_lock (a spin lock that yields). Blocks this large are rare next to
+ * span_lock (lock.c). Blocks this large are rare next to
  * the memcpy and page faults they cost, so one lock per arena is cheap; the
  * lock is never held while data moves. Unit claims stay lock-free.
  */
@@ -41,17 +41,11 @@ void bmm__large_count_copied(size_t bytes) {
 /* ---- Lock and geometry ------------------------------------------------ */
 
 static void span_lock(bmm_arena_t *a) {
-  for (unsigned spins = 0;; spins++) {
-    int expected = 0;
-    if (atomic_compare_exchange_weak_explicit(&a->span_lock, &expected, 1, memory_order_acquire,
-                                              memory_order_relaxed))
-      return;
-    if (spins > 16) bmm__os_yield();
-  }
+  bmm__spin_lock(&a->span_lock);
 }
 
 static void span_unlock(bmm_arena_t *a) {
-  atomic_store_explicit(&a->span_lock, 0, memory_order_release);
+  bmm__spin_unlock(&a->span_lock);
 }
 
 static inline size_t page_index(const bmm_arena_t *a, const void *p) {

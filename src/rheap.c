@@ -131,8 +131,8 @@
  * crossing `high` still compacts. A new heap has no thresholds;
  * bmm_rheap_notify arms both whatever the fill is.
  *
- * Concurrency. One spin lock per heap (test and test-and-set, pausing
- * rounds that double, then bmm__os_yield), taken by every call, rlock and
+ * Concurrency. One spin lock per heap (lock.c: test and test-and-set,
+ * pausing rounds that double, then yielding), taken by every call, rlock and
  * runlock included, and never held while fn runs. Why one lock: compaction
  * may move any unlocked block and rewrite its handle, so every call that
  * reads a block's address (rlock) or changes the set of blocks must exclude
@@ -209,8 +209,6 @@
 #define RH_MAGIC ((uint64_t)0x7268656170524832ULL) /* "rheapRH2" */
 #define RH_DEAD ((uint64_t)0x6465616472686561ULL)  /* "deadrhea" */
 
-/* Spin lock backoff: rounds of 1, 2 ... 64 pauses, then yields. */
-#define RH_SPIN_ROUNDS 7
 
 /* Debug builds fill fresh payloads with 0xD0 and freed ones with 0xDF. */
 static const bool rh_debug_fill = BMM_DEBUG >= 1;
@@ -395,37 +393,12 @@ static inline bmm_handle_t *rh_handle_of(rh_entry_t *e) {
 
 /* ---- The spin lock ------------------------------------------------------ */
 
-static inline void rh_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield" ::: "memory");
-#endif
-}
-
-static bmm_noinline void rh_lock_contended(bmm_rheap_t *rh) {
-  unsigned round = 0;
-  for (;;) {
-    while (atomic_load_explicit(&rh->lock, memory_order_relaxed) != 0) {
-      if (round < RH_SPIN_ROUNDS) {
-        for (unsigned i = 0; i < 1u << round; i++)
-          rh_cpu_relax();
-        round++;
-      } else {
-        bmm__os_yield(); /* the holder may be compacting, or descheduled */
-      }
-    }
-    if (atomic_exchange_explicit(&rh->lock, 1, memory_order_acquire) == 0) return;
-  }
-}
-
 static inline void rh_lock(bmm_rheap_t *rh) {
-  if (bmm_likely(atomic_exchange_explicit(&rh->lock, 1, memory_order_acquire) == 0)) return;
-  rh_lock_contended(rh);
+  bmm__spin_lock(&rh->lock);
 }
 
 static inline void rh_unlock(bmm_rheap_t *rh) {
-  atomic_store_explicit(&rh->lock, 0, memory_order_release);
+  bmm__spin_unlock(&rh->lock);
 }
 
 /* ---- Free blocks ---------------------------------------------------------- */
