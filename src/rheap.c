@@ -610,6 +610,10 @@ static uint32_t rh_entry_of_handle(bmm_rheap_t *rh, const bmm_handle_t *h, const
 /* Locks the heap of h and finds h's entry; NULL after reporting the misuse
  * (the lock is then not held). The common prologue of the handle calls. */
 static rh_entry_t *rh_enter(const bmm_handle_t *h, const char *call, bmm_rheap_t **out) {
+  if (h == NULL) { /* not misuse to report: just EINVAL */
+    errno = EINVAL;
+    return NULL;
+  }
   const char *why = NULL;
   bmm_rheap_t *rh = rh_heap_of_handle(h, &why);
   uint32_t i = RH_NONE;
@@ -620,6 +624,7 @@ static rh_entry_t *rh_enter(const bmm_handle_t *h, const char *call, bmm_rheap_t
   }
   if (i == RH_NONE) {
     bmm__error(h, call, why);
+    errno = EINVAL;
     return NULL;
   }
   *out = rh;
@@ -994,16 +999,9 @@ BMM_API int bmm_ralloc(bmm_rheap_t *rh, bmm_handle_t **h, size_t size) {
 }
 
 BMM_API int bmm_rrealloc(bmm_handle_t *h, size_t size) {
-  if (h == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
   bmm_rheap_t *rh;
   rh_entry_t *e = rh_enter(h, "bmm_rrealloc", &rh);
-  if (e == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
+  if (e == NULL) return EINVAL; /* errno set */
   size_t need = rh_need(size);
   if (need == 0 || need > rh->capacity) {
     rh_unlock(rh);
@@ -1054,10 +1052,7 @@ BMM_API int bmm_rlock(bmm_handle_t *h, void **ptr) {
   }
   bmm_rheap_t *rh;
   rh_entry_t *e = rh_enter(h, "bmm_rlock", &rh);
-  if (e == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
+  if (e == NULL) return EINVAL; /* errno set */
   if (rh_locks(e) == RH_LOCKS_MAX) {
     rh_unlock(rh);
     errno = EOVERFLOW;
@@ -1070,16 +1065,9 @@ BMM_API int bmm_rlock(bmm_handle_t *h, void **ptr) {
 }
 
 BMM_API int bmm_runlock(bmm_handle_t *h) {
-  if (h == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
   bmm_rheap_t *rh;
   rh_entry_t *e = rh_enter(h, "bmm_runlock", &rh);
-  if (e == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
+  if (e == NULL) return EINVAL; /* errno set */
   if (rh_locks(e) == 0) {
     rh_unlock(rh);
     bmm__error(h, "bmm_runlock", "handle is not locked");
@@ -1095,10 +1083,7 @@ BMM_API int bmm_rfree(bmm_handle_t *h) {
   if (h == NULL) return 0;
   bmm_rheap_t *rh;
   rh_entry_t *e = rh_enter(h, "bmm_rfree", &rh);
-  if (e == NULL) {
-    errno = EINVAL;
-    return EINVAL;
-  }
+  if (e == NULL) return EINVAL; /* errno set */
   if (rh_locks(e) != 0) {
     rh_unlock(rh);
     errno = EBUSY;
