@@ -7,8 +7,9 @@
  * header either: aligned requests use their own page queues, and such a
  * page records its class's natural alignment, which every block of it has
  * and which covers whatever its requests asked (their class size is a
- * multiple of it); large blocks record it in their descriptor or span. Larger alignments are aligned unit runs,
- * aligned huge regions, or exact mappings of their own (256 MiB and up).
+ * multiple of it); large blocks record it in their descriptor or span.
+ * Larger alignments are aligned unit runs, aligned huge regions, or exact
+ * mappings of their own (256 MiB and up).
  */
 #include <string.h>
 
@@ -18,30 +19,9 @@ static inline bool is_pow2(size_t x) {
   return x != 0 && (x & (x - 1)) == 0;
 }
 
-/* The slow half of an aligned small/medium request: a page of aligned
- * queue `qi` with a free block. */
-static bmm_noinline void *aligned_generic(size_t qi) {
-  bmm_heap_t *heap = bmm__heap_tls;
-  if (heap == &bmm__heap_empty && (heap = bmm__heap_init_thread()) == NULL) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
-    bmm__heap_process_delayed(heap);
-  bmm_page_t *page = bmm__heap_find_page(heap, qi);
-  if (bmm_unlikely(page == NULL)) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  bmm_block_t *block = page->free; /* its align_log covers the request */
-  page->free = block->next;
-  page->used++;
-  return block;
-}
-
 /* align: a power of two. Small and medium requests come from pages of the
- * aligned queues, which remember the largest alignment they served (so a
- * realloc keeps it), in a class whose size is a multiple of `align`. */
+ * aligned queues (which record their alignment, so realloc keeps it), in a
+ * class whose size is a multiple of `align`. */
 void *bmm__malloc_aligned(size_t size, size_t align) {
   if (align <= BMM_ALIGN) return bmm__malloc_fast(size);
   if (bmm_unlikely(size > PTRDIFF_MAX)) {
@@ -55,7 +35,8 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
     if (want <= BMM_MEDIUM_MAX) {
       size_t cls = bmm__class_of(want);
       while (bmm__class_size(cls) & (align - 1)) cls++;
-      return aligned_generic(BMM_CLASS_COUNT + cls);
+      bmm_heap_t *heap = bmm__heap_get();
+      return heap != NULL ? bmm__heap_alloc_slow(heap, BMM_CLASS_COUNT + cls) : NULL;
     }
   }
   return bmm__large_alloc(size, align);

@@ -6,21 +6,15 @@
 
 #include "fastpath.h"
 
-bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
-  if (bmm_unlikely(heap == &bmm__heap_empty)) {
-    heap = bmm__heap_init_thread();
-    if (heap == NULL) {
-      errno = ENOMEM;
-      return NULL;
-    }
-  }
-  if (size > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
+/* The slow path of every small and medium allocation, plain (qi = the
+ * class) or aligned (qi = BMM_CLASS_COUNT + the class): drain the delayed
+ * frees, find a page of queue qi with a free block, pop it. */
+void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi) {
   if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
     bmm__heap_process_delayed(heap);
-  size_t cls = bmm__class_of(size);
-  bmm_page_t *page = heap->queues[cls].first;
+  bmm_page_t *page = heap->queues[qi].first;
   if (page == NULL || page->free == NULL) {
-    page = bmm__heap_find_page(heap, cls);
+    page = bmm__heap_find_page(heap, qi);
     if (bmm_unlikely(page == NULL)) {
       errno = ENOMEM;
       return NULL;
@@ -32,6 +26,21 @@ bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
   page->used++;
   if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
   return block;
+}
+
+/* The heap of the calling thread, set up on its first allocation; NULL
+ * (errno ENOMEM) when even that fails. */
+bmm_heap_t *bmm__heap_get(void) {
+  bmm_heap_t *heap = bmm__heap_tls;
+  if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_init_thread()) == NULL)
+    errno = ENOMEM;
+  return heap;
+}
+
+bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
+  if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_get()) == NULL) return NULL;
+  if (size > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
+  return bmm__heap_alloc_slow(heap, bmm__class_of(size));
 }
 
 BMM_API void *bmm_malloc(size_t size) {
@@ -69,7 +78,7 @@ static size_t block_info(void *p, const char *call, size_t *align, bmm_page_t **
     if (size == 0) bmm__error(p, call, "pointer was not allocated by BrainMM");
     return size;
   }
-  size_t usable = bmm__usable_size_checked(p, call);
+  size_t usable = bmm__block_usable(p, *page, call);
   if (usable == 0) return 0;
   uint8_t kind = atomic_load_explicit(&(*page)->kind, memory_order_relaxed);
   if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM)

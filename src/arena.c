@@ -52,23 +52,25 @@ static inline uint64_t bits_mask(size_t bit, size_t count) {
   return count >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1) << bit;
 }
 
-/* Clear `count` bits from `first` (they must all be set). */
-static void bits_clear(_Atomic(uint64_t) *words, size_t first, size_t count) {
+/* Set or clear `count` bits from `first`, word by word. Clearing releases
+ * (a unit given back: its reset descriptor is visible to the next claimer,
+ * whose CAS acquires); setting the dirty/purge marks needs no order. */
+static void bits_update(_Atomic(uint64_t) *words, size_t first, size_t count, bool set) {
   while (count > 0) {
     size_t bit = first & 63, n = 64 - bit < count ? 64 - bit : count;
-    atomic_fetch_and_explicit(&words[first >> 6], ~bits_mask(bit, n), memory_order_release);
+    if (set) atomic_fetch_or_explicit(&words[first >> 6], bits_mask(bit, n), memory_order_relaxed);
+    else atomic_fetch_and_explicit(&words[first >> 6], ~bits_mask(bit, n), memory_order_release);
     first += n;
     count -= n;
   }
 }
 
+static void bits_clear(_Atomic(uint64_t) *words, size_t first, size_t count) {
+  bits_update(words, first, count, false);
+}
+
 static void bits_set(_Atomic(uint64_t) *words, size_t first, size_t count) {
-  while (count > 0) {
-    size_t bit = first & 63, n = 64 - bit < count ? 64 - bit : count;
-    atomic_fetch_or_explicit(&words[first >> 6], bits_mask(bit, n), memory_order_relaxed);
-    first += n;
-    count -= n;
-  }
+  bits_update(words, first, count, true);
 }
 
 /* Set `count` clear bits from `first`, all or none. */

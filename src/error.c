@@ -33,13 +33,9 @@ static void line_add_hex(line_t *l, uintptr_t v) {
 }
 
 static void line_add_dec(line_t *l, size_t v) {
-  char tmp[24], *p = tmp + sizeof tmp - 1;
-  *p = 0;
-  do {
-    *--p = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  line_add(l, p);
+  char tmp[24];
+  tmp[sizeof tmp - 1] = 0;
+  line_add(l, bmm__fmt_dec(tmp + sizeof tmp - 1, v));
 }
 
 static void line_emit(line_t *l) {

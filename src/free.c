@@ -118,7 +118,11 @@ BMM_API void bmm_free_aligned_sized(void *p, size_t align, size_t size) {
 /* Usable size of a live block; 0 (after reporting, with `call` non-NULL)
  * when p is not the start of one. */
 size_t bmm__usable_size_checked(const void *p, const char *call) {
-  bmm_page_t *page = bmm__page_of(p);
+  return bmm__block_usable(p, bmm__page_of(p), call);
+}
+
+/* The same, for a caller that has looked up p's page already. */
+size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call) {
   const char *what = "pointer was not allocated by BrainMM";
   if (page != NULL) {
     switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {

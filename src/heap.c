@@ -35,6 +35,13 @@ static _Atomic(bmm_heap_t *) heap_pool;                   /* recycled heaps */
 static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
+/* Every queue a heap's pages can be in, for walks over all of them: the
+ * class queues, then (at i == BMM_QUEUE_COUNT) the full queue. */
+#define BMM_ALL_QUEUES (BMM_QUEUE_COUNT + 1)
+static inline bmm_page_queue_t *heap_queue_at(bmm_heap_t *heap, size_t i) {
+  return i < BMM_QUEUE_COUNT ? &heap->queues[i] : &heap->full;
+}
+
 /* ---- Queues and the direct table ------------------------------------- */
 
 /* Point the direct entries of class `cls` at its queue's first page (the
@@ -95,8 +102,6 @@ static void heap_queue_push_back(bmm_heap_t *heap, bmm_page_t *page) {
   if (q->first == page) heap_direct_update(heap, page_queue_index(page));
 }
 
-/* A page with no free block leaves the search path. From now on the first
- * remote free into it notifies this heap (delayed state USE). */
 static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
@@ -108,6 +113,8 @@ static void page_set_full(bmm_heap_t *heap, bmm_page_t *page, bool full) {
   atomic_store_explicit(&page->tid, heap->tid | (uintptr_t)full, memory_order_relaxed);
 }
 
+/* A page with no free block leaves the search path. From now on the first
+ * remote free into it notifies this heap (delayed state USE). */
 static void heap_page_to_full(bmm_heap_t *heap, bmm_page_t *page) {
   heap_queue_remove(heap, page);
   queue_push_front(&heap->full, page);
@@ -228,10 +235,6 @@ static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t qi) {
   return page;
 }
 
-/* The slow path of malloc: find a page of queue `qi` (its class, plain or
- * aligned) with a free block, collecting frees as it goes, moving exhausted
- * pages to the full queue, then adopting abandoned pages, then claiming a
- * fresh page. */
 /* The program's deferred-free hook (bmm_register_deferred_free). */
 static _Atomic(bmm_deferred_free_fn *) deferred_fn;
 static _Atomic(void *) deferred_arg;
@@ -250,6 +253,10 @@ void bmm__heap_deferred_free(bmm_heap_t *heap, bool force) {
   heap->in_deferred = false;
 }
 
+/* The slow path of malloc: find a page of queue `qi` (its class, plain or
+ * aligned) with a free block, collecting frees as it goes, moving exhausted
+ * pages to the full queue, then adopting abandoned pages, then claiming a
+ * fresh page. */
 bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
@@ -346,8 +353,8 @@ static void heap_abandon_page(bmm_page_t *page) {
 }
 
 static void heap_set_all_delayed(bmm_heap_t *heap, uintptr_t to, unsigned from_mask) {
-  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
     for (bmm_page_t *page = q->first; page != NULL; page = page->next)
       bmm__page_set_delayed(page, to, from_mask);
   }
@@ -359,8 +366,8 @@ void bmm__heap_thread_done(void *arg) {
   if (heap == NULL || heap == &bmm__heap_empty || heap->tid != bmm__os_thread_id()) return;
   heap_set_all_delayed(heap, BMM_DF_NEVER, 0xF);
   bmm__heap_process_delayed(heap);
-  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
     bmm_page_t *page;
     while ((page = q->first) != NULL) {
       queue_remove(q, page);
@@ -378,8 +385,8 @@ void bmm__heap_thread_done(void *arg) {
  * release its FREEING state so that nothing waits for it forever. */
 void bmm__heap_fork_child(bmm_heap_t *heap) {
   if (heap == &bmm__heap_empty) return;
-  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
     for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
       uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
       if ((tf & BMM_DF_MASK) == BMM_DF_FREEING)
@@ -417,8 +424,8 @@ void bmm__heap_collect(bmm_heap_t *heap, bool force) {
 
 bool bmm__heap_check(bmm_heap_t *heap) {
   if (heap == &bmm__heap_empty) return true;
-  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
     bmm_page_t *prev = NULL;
     for (bmm_page_t *page = q->first; page != NULL; prev = page, page = page->next) {
       if (page->prev != prev || !bmm__page_is_valid(page)) return false;
@@ -443,8 +450,8 @@ bool bmm__heap_check(bmm_heap_t *heap) {
 size_t bmm__heap_class_stats(bmm_heap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(bmm_class_stats_t) * BMM_CLASS_COUNT);
   if (heap == &bmm__heap_empty) return BMM_CLASS_COUNT;
-  for (size_t c = 0; c <= BMM_QUEUE_COUNT; c++) {
-    bmm_page_queue_t *q = c < BMM_QUEUE_COUNT ? &heap->queues[c] : &heap->full;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
     for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
       bmm_class_stats_t *cs = &out[page->class_idx];
       cs->pages++;

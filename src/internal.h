@@ -208,10 +208,13 @@ void bmm__large_count_copied(size_t bytes);
 
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */
 void *bmm__malloc_generic(bmm_heap_t *heap, size_t size);
+void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi);
+bmm_heap_t *bmm__heap_get(void);
 void *bmm__malloc_aligned(size_t size, size_t align);
 int bmm__posix_memalign_slow(void **out, size_t align, size_t size);
 void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
+size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call);
 
 /* ---- init.c ---------------------------------------------------------- */
 void bmm__process_init(void);
@@ -233,6 +236,17 @@ extern long bmm__options[BMM_OPTION_COUNT];
 void bmm__options_init(void);
 
 /* ---- error.c --------------------------------------------------------- */
+/* Writes v in decimal ending just before `end` (a buffer of at least 21
+ * bytes before it) and returns where the digits start; no libc, so safe
+ * anywhere (diagnostics, statistics at exit). */
+bmm_inline char *bmm__fmt_dec(char *end, unsigned long long v) {
+  do {
+    *--end = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  return end;
+}
+
 /* One diagnostic line for detected heap misuse, then abort unless
  * abort_on_error=0. `call` names the API function, `what` the problem. */
 void bmm__error(const void *p, const char *call, const char *what);

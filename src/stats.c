@@ -41,12 +41,9 @@ static void out_str(out_t *o, const char *s) {
 
 /* Decimal, right-aligned in `width` columns (0: as is). */
 static void out_num(out_t *o, unsigned long long v, int width) {
-  char tmp[24], *p = tmp + sizeof tmp - 1;
-  *p = 0;
-  do {
-    *--p = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
+  char tmp[24];
+  tmp[sizeof tmp - 1] = 0;
+  char *p = bmm__fmt_dec(tmp + sizeof tmp - 1, v);
   for (int pad = width - (int)(tmp + sizeof tmp - 1 - p); pad > 0; pad--) out_str(o, " ");
   out_str(o, p);
 }
@@ -61,15 +58,10 @@ static void out_bytes(out_t *o, size_t b) {
     whole /= 1024;
     u++;
   }
-  char tmp[32];
+  char tmp[32], digits[24];
   size_t n = 0;
-  char digits[24], *p = digits + sizeof digits - 1;
-  *p = 0;
-  do {
-    *--p = (char)('0' + whole % 10);
-    whole /= 10;
-  } while (whole != 0);
-  while (*p) tmp[n++] = *p++;
+  digits[sizeof digits - 1] = 0;
+  for (const char *p = bmm__fmt_dec(digits + sizeof digits - 1, whole); *p; p++) tmp[n++] = *p;
   if (u > 0) {
     tmp[n++] = '.';
     tmp[n++] = (char)('0' + tenths);
