@@ -40,6 +40,7 @@ void bmm__process_init(void) {
   bmm__os_process_info_start();
   options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
   bmm__options_init();
+  if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
   bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);
   atomic_store_explicit(&init_state, INIT_DONE, memory_order_release);
@@ -54,7 +55,10 @@ bool bmm__process_is_initialized(void) {
 __attribute__((constructor)) static void init_constructor(void) {
   bmm__process_init();
   /* The first malloc may have run before the environment was set up. */
-  if (!options_seen_env) bmm__options_init();
+  if (!options_seen_env) {
+    bmm__options_init();
+    if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr();
+  }
   /* Arm the exit hook of the main thread too (its heap may predate it). */
   if (bmm__heap_tls != &bmm__heap_empty) bmm__os_thread_exit_hook_arm(bmm__heap_tls);
 }

@@ -1,7 +1,8 @@
 /* stats.c: section 10 introspection: bmm_stats_print writes the memory
  * accounting and the calling thread's pages per size class (as a table,
  * and as JSON with stats_json=1) through the callback given; show_stats=1
- * from the environment prints it at exit (in a child process); the
+ * from the environment prints it at exit (in a child process, also one
+ * that closes its stderr in an atexit handler); the
  * deferred-free hook runs regularly from the slow path with a growing
  * heartbeat, is not re-entered when it allocates, and gets force=true from
  * bmm_collect(true).
@@ -43,9 +44,39 @@ static void hook(bool force, unsigned long long heartbeat, void *arg) {
   depth--;
 }
 
+static void close_stderr(void) {
+  close(STDERR_FILENO);
+}
+
+/* Runs this program with BMM_SHOW_STATS=1 in `mode`; returns what it
+ * wrote to stderr (in buf) after checking it exited 0. */
+static void run_show_stats_child(const char *extra, char *buf, size_t cap) {
+  int fds[2];
+  CHECK(pipe(fds) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    setenv("BMM_SHOW_STATS", "1", 1);
+    execl("/proc/self/exe", "stats", "--child", extra, (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  size_t got = 0;
+  ssize_t n;
+  while (got < cap - 1 && (n = read(fds[0], buf + got, cap - 1 - got)) > 0) got += (size_t)n;
+  buf[got] = 0;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--child") == 0) {
     free(malloc(100));
+    /* Like GNU coreutils: close stderr at exit, before the report. */
+    if (argc > 2) atexit(close_stderr);
     return 0;
   }
   void *keep[100];
@@ -72,28 +103,12 @@ int main(int argc, char **argv) {
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
   CHECK(bmm_option_set("stats_json", 0) == 0);
 
-  /* show_stats from the environment, at exit, in a child. */
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[0]);
-    setenv("BMM_SHOW_STATS", "1", 1);
-    execl("/proc/self/exe", "stats", "--child", (char *)NULL);
-    _exit(127);
-  }
-  close(fds[1]);
+  /* show_stats from the environment, at exit, in a child; also when the
+   * child closes its stderr in an atexit handler. */
   char buf[4096];
-  size_t got = 0;
-  ssize_t n;
-  while (got < sizeof buf - 1 && (n = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0)
-    got += (size_t)n;
-  buf[got] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  run_show_stats_child(NULL, buf, sizeof buf);
+  CHECK(strstr(buf, "BrainMM statistics") != NULL);
+  run_show_stats_child("--close-stderr", buf, sizeof buf);
   CHECK(strstr(buf, "BrainMM statistics") != NULL);
 
   /* The deferred-free hook. */

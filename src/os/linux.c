@@ -212,10 +212,19 @@ void bmm__os_flush_icache(void *addr, size_t size) {
   __builtin___clear_cache((char *)addr, (char *)addr + size);
 }
 
+static atomic_int os_stderr_fd = STDERR_FILENO;
+
+void bmm__os_keep_stderr(void) {
+  if (atomic_load_explicit(&os_stderr_fd, memory_order_relaxed) != STDERR_FILENO) return;
+  int fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (fd >= 0) atomic_store_explicit(&os_stderr_fd, fd, memory_order_relaxed);
+}
+
 void bmm__os_write_stderr(const char *text, size_t len) {
   int saved = errno;
+  int fd = atomic_load_explicit(&os_stderr_fd, memory_order_relaxed);
   while (len > 0) {
-    ssize_t n = write(STDERR_FILENO, text, len);
+    ssize_t n = write(fd, text, len);
     if (n < 0) {
       if (errno == EINTR) continue;
       break;

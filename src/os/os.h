@@ -86,6 +86,11 @@ void bmm__os_flush_icache(void *addr, size_t size);
 /* Write a whole buffer to standard error, without stdio. */
 void bmm__os_write_stderr(const char *text, size_t len);
 
+/* Keep a private (close-on-exec) copy of standard error, so that what is
+ * written from a destructor still arrives after the program closed its
+ * stderr in an atexit handler (GNU coreutils do). */
+void bmm__os_keep_stderr(void);
+
 /* Terminate the process after a detected heap error (SIGABRT). */
 _Noreturn void bmm__os_abort(void);
 
