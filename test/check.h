@@ -10,6 +10,8 @@
  *                            cleared first and checks it gave NULL with
  *                            errno == err. Evaluates to the pointer, so a
  *                            caller can free an unexpected non-NULL result.
+ *   check_child(fn, arg, buf, cap, &lines)  runs fn(arg) in a child with its
+ *                            stderr captured: wait status, text and lines.
  *   check_failed_count()     failures so far (a forked child reports them
  *                            through its exit status).
  *   check_done()             prints "N passed, N failed" on a line of its own
@@ -29,7 +31,9 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <signal.h>
 #include <stdio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef CHECK_MAX_PRINTED
@@ -163,6 +167,39 @@ static inline int check_done(void) {
   fflush(stdout); /* the test's own output first, if it used stdio */
   check_print(1, "%lu passed, %lu failed\n", passed, failed);
   return failed ? 1 : 0;
+}
+
+/* Runs fn(arg) in a child process with SIGABRT at its default action and
+ * stderr captured in buf (at most cap - 1 bytes, NUL-terminated); the child
+ * exits 0 if fn returns. Returns the child's wait status, and in *lines the
+ * number of lines it wrote: for misuse tests, which expect one diagnostic
+ * line and then SIGABRT. */
+static inline int check_child(void (*fn)(void *), void *arg, char *buf, size_t cap,
+                              int *lines) {
+  int fds[2];
+  buf[0] = 0;
+  *lines = 0;
+  if (pipe(fds) != 0) return -1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    signal(SIGABRT, SIG_DFL);
+    fn(arg);
+    _exit(0); /* not reached when the misuse is caught */
+  }
+  close(fds[1]);
+  size_t len = 0;
+  ssize_t n;
+  while (len < cap - 1 && (n = read(fds[0], buf + len, cap - 1 - len)) > 0) len += (size_t)n;
+  buf[len] = 0;
+  close(fds[0]);
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  for (size_t i = 0; i < len; i++) *lines += buf[i] == '\n';
+  return status;
 }
 
 #endif /* BRAINMM_TEST_CHECK_H */

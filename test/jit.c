@@ -693,36 +693,19 @@ static void do_bad_free(bad_free_t c) {
   }
 }
 
+static void bad_free_in_child(void *c) {
+  do_bad_free((bad_free_t)(intptr_t)c);
+}
+
 static void check_bad_free_aborts(bad_free_t c) {
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  fflush(stdout);
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    signal(SIGABRT, SIG_DFL);
-    do_bad_free(c);
-    _exit(0); /* not reached when the misuse is caught */
-  }
-  close(fds[1]);
   char buf[1024];
-  size_t len = 0;
-  ssize_t n;
-  while (len < sizeof buf - 1 && (n = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-    len += (size_t)n;
-  buf[len] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  int lines;
+  int status = check_child(bad_free_in_child, (void *)(intptr_t)c, buf, sizeof buf, &lines);
   char expect[128];
   snprintf(expect, sizeof expect, "brainmm: error: %s(0x%lx): ",
            c == BAD_STACK_SYNC ? "bmm_jit_free_sync" : "bmm_jit_free",
            (unsigned long)(uintptr_t)bad_address(c));
   int aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
-  int lines = 0;
-  for (size_t i = 0; i < len; i++)
-    lines += buf[i] == '\n';
   int named = strncmp(buf, expect, strlen(expect)) == 0;
   if (!aborted || lines != 1 || !named)
     check_print(2, "jit misuse %s: status %#x, %d lines: %s(expected %s...)\n", bad_name[c], status,

@@ -95,32 +95,17 @@ static void *do_misuse(misuse_t c) {
   return bad;
 }
 
+static void misuse_in_child(void *c) {
+  do_misuse((misuse_t)(intptr_t)c);
+}
+
 /* Run case c in a child with stderr captured; check it aborted after one
  * line naming the call. */
 static void check_aborts(misuse_t c) {
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    signal(SIGABRT, SIG_DFL);
-    do_misuse(c);
-    _exit(0); /* not reached when the misuse is caught */
-  }
-  close(fds[1]);
   char buf[1024];
-  size_t len = 0;
-  ssize_t n;
-  while (len < sizeof buf - 1 && (n = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-    len += (size_t)n;
-  buf[len] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  int lines;
+  int status = check_child(misuse_in_child, (void *)(intptr_t)c, buf, sizeof buf, &lines);
   int aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
-  int lines = 0;
-  for (size_t i = 0; i < len; i++) lines += buf[i] == '\n';
   int named = strstr(buf, "brainmm: error: ") != NULL && strstr(buf, case_call[c]) != NULL &&
               strstr(buf, "0x") != NULL;
   if (!aborted || lines != 1 || !named)

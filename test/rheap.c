@@ -688,37 +688,21 @@ static long do_misuse(misuse_t c, bmm_rheap_t *rh) {
   return r;
 }
 
+static void misuse_in_child(void *c) {
+  static unsigned char buf[1 << 16] __attribute__((aligned(16)));
+  bmm_rheap_t *rh = bmm_rheap_new(buf, sizeof buf);
+  if (rh == NULL) _exit(3);
+  do_misuse((misuse_t)(intptr_t)c, rh);
+}
+
 static void check_aborts(misuse_t c) {
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    signal(SIGABRT, SIG_DFL);
-    static unsigned char buf[1 << 16] __attribute__((aligned(16)));
-    bmm_rheap_t *rh = bmm_rheap_new(buf, sizeof buf);
-    if (rh == NULL) _exit(3);
-    do_misuse(c, rh);
-    _exit(0); /* not reached when the misuse is caught */
-  }
-  close(fds[1]);
   char out[2048];
-  size_t len = 0;
-  ssize_t n;
-  while (len < sizeof out - 1 && (n = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
-    len += (size_t)n;
-  out[len] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  size_t lines = 0;
-  for (size_t i = 0; i < len; i++)
-    lines += out[i] == '\n';
+  int lines;
+  int status = check_child(misuse_in_child, (void *)(intptr_t)c, out, sizeof out, &lines);
   bool ok = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && lines == 1 &&
             strstr(out, mis_call[c]) != NULL && strstr(out, mis_what[c]) != NULL;
   if (!CHECK(ok))
-    check_print(2, "  case %d: status %#x, %zu lines: %s\n", (int)c, status, lines, out);
+    check_print(2, "  case %d: status %#x, %d lines: %s\n", (int)c, status, lines, out);
 }
 
 /* With abort_on_error=0: each misuse is reported (stderr to a pipe, one
