@@ -12,6 +12,8 @@
  *                            caller can free an unexpected non-NULL result.
  *   check_child(fn, arg, buf, cap, &lines)  runs fn(arg) in a child with its
  *                            stderr captured: wait status, text and lines.
+ *   check_rand(&state)       xorshift64*: deterministic pseudo-random
+ *                            numbers for randomised tests (state != 0).
  *   check_failed_count()     failures so far (a forked child reports them
  *                            through its exit status).
  *   check_done()             prints "N passed, N failed" on a line of its own
@@ -31,6 +33,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -200,6 +203,17 @@ static inline int check_child(void (*fn)(void *), void *arg, char *buf, size_t c
   if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
   for (size_t i = 0; i < len; i++) *lines += buf[i] == '\n';
   return status;
+}
+
+/* xorshift64*: fast, good enough for picking sizes and slots, and the same
+ * sequence on every run so that a failure can be replayed from its seed. */
+static inline uint64_t check_rand(uint64_t *state) {
+  uint64_t x = *state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *state = x;
+  return x * 0x2545f4914f6cdd1dULL;
 }
 
 #endif /* BRAINMM_TEST_CHECK_H */

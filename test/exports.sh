@@ -18,14 +18,7 @@ if [ $# -lt 1 ]; then
 fi
 lib=$1
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-finish() {
-  echo "$passed passed, $failed failed"
-  if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
-}
+. "$(dirname "$0")/check.sh"
 
 if [ ! -f "$lib" ]; then
   fail "no library at $lib"

@@ -69,23 +69,13 @@ typedef struct block {
   unsigned seed;
 } block_t;
 
-static uint64_t rnd(uint64_t *s) {
-  /* xorshift64* */
-  uint64_t x = *s;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 0x2545f4914f6cdd1dULL;
-}
-
 static size_t varied_size(uint64_t *r) {
-  uint64_t pick = rnd(r) % 100;
+  uint64_t pick = check_rand(r) % 100;
   if (pick < 85)
-    return 1 + rnd(r) % 1024;
+    return 1 + check_rand(r) % 1024;
   if (pick < 99)
-    return 1025 + rnd(r) % (16 * 1024);
-  return 64 * 1024 + rnd(r) % (512 * 1024);
+    return 1025 + check_rand(r) % (16 * 1024);
+  return 64 * 1024 + check_rand(r) % (512 * 1024);
 }
 
 static unsigned char pattern_at(unsigned seed, size_t i) {
@@ -161,17 +151,17 @@ static void *parent_worker(void *arg) {
   block_t slots[WORKER_SLOTS] = {{0}};
   unsigned long long ops = 0;
   while (!atomic_load_explicit(&stop_flag, memory_order_relaxed)) {
-    block_t *b = &slots[rnd(&r) % WORKER_SLOTS];
-    uint64_t pick = rnd(&r) % 100;
+    block_t *b = &slots[check_rand(&r) % WORKER_SLOTS];
+    uint64_t pick = check_rand(&r) % 100;
     if (b->p == NULL) {
-      alloc_block(b, varied_size(&r), (unsigned)rnd(&r));
+      alloc_block(b, varied_size(&r), (unsigned)check_rand(&r));
     } else if (pick < 50) {
       free_block(b);
     } else if (exchange_put(b)) {
       b->p = NULL; /* another thread frees it */
     }
     block_t other;
-    if (rnd(&r) % 4 == 0 && exchange_take(&other))
+    if (check_rand(&r) % 4 == 0 && exchange_take(&other))
       free_block(&other);
     ops++;
   }
@@ -197,18 +187,18 @@ static void *child_thread_main(void *arg) {
   uint64_t r = t->seed;
   block_t local[CHILD_SLOTS] = {{0}};
   for (int op = 0; op < CHILD_OPS; op++) {
-    block_t *b = &local[rnd(&r) % CHILD_SLOTS];
+    block_t *b = &local[check_rand(&r) % CHILD_SLOTS];
     if (b->p != NULL)
       free_block(b);
     else
-      alloc_block(b, varied_size(&r), (unsigned)rnd(&r));
+      alloc_block(b, varied_size(&r), (unsigned)check_rand(&r));
   }
   for (size_t i = 0; i < CHILD_SLOTS; i++)
     if (local[i].p != NULL)
       free_block(&local[i]);
   /* these stay allocated and are freed by the child's main thread */
   for (size_t i = 0; i < CHILD_THREAD_BLOCKS; i++)
-    alloc_block(&t->blocks[i], varied_size(&r), (unsigned)rnd(&r));
+    alloc_block(&t->blocks[i], varied_size(&r), (unsigned)check_rand(&r));
   return NULL;
 }
 
@@ -234,10 +224,10 @@ static void child_main(int round, block_t *from_main, block_t *from_worker,
   /* many blocks of varied sizes, with realloc */
   block_t slots[CHILD_SLOTS] = {{0}};
   for (int op = 0; op < CHILD_OPS; op++) {
-    block_t *b = &slots[rnd(&r) % CHILD_SLOTS];
-    uint64_t pick = rnd(&r) % 100;
+    block_t *b = &slots[check_rand(&r) % CHILD_SLOTS];
+    uint64_t pick = check_rand(&r) % 100;
     if (b->p == NULL) {
-      alloc_block(b, varied_size(&r), (unsigned)rnd(&r));
+      alloc_block(b, varied_size(&r), (unsigned)check_rand(&r));
     } else if (pick < 40) {
       size_t n = varied_size(&r);
       unsigned char *p = bmm_realloc(b->p, n);
@@ -245,7 +235,7 @@ static void child_main(int round, block_t *from_main, block_t *from_worker,
         CHECK(intact(b, p, n));
         b->p = p;
         b->size = n;
-        fill(b, (unsigned)rnd(&r));
+        fill(b, (unsigned)check_rand(&r));
       }
     } else {
       free_block(b);
@@ -258,7 +248,7 @@ static void child_main(int round, block_t *from_main, block_t *from_worker,
   /* new threads in the child */
   int started[CHILD_THREADS] = {0};
   for (int i = 0; i < CHILD_THREADS && CHILD_STARTS_THREADS; i++) {
-    child_threads[i].seed = rnd(&r) | 1;
+    child_threads[i].seed = check_rand(&r) | 1;
     started[i] = CHECK(pthread_create(&child_threads[i].thread, NULL, child_thread_main,
                                       &child_threads[i]) == 0);
   }
@@ -287,8 +277,8 @@ int main(void) {
     nanosleep(&pause, NULL);
 
     block_t from_main, to_grow, from_worker = {0};
-    alloc_block(&from_main, 1000 + (size_t)round * 100, (unsigned)rnd(&r));
-    alloc_block(&to_grow, 10 + (size_t)round * 3000, (unsigned)rnd(&r));
+    alloc_block(&from_main, 1000 + (size_t)round * 100, (unsigned)check_rand(&r));
+    alloc_block(&to_grow, 10 + (size_t)round * 3000, (unsigned)check_rand(&r));
     exchange_take(&from_worker); /* allocated by a worker, maybe none yet */
 
     fflush(stdout);

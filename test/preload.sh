@@ -23,14 +23,7 @@ lib=$(readlink -f "$1")
 probe=${2:-}
 limit=120 # seconds for any one program: a hang fails instead of blocking
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok: $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-finish() {
-  echo "$passed passed, $failed failed"
-  if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
-}
+. "$here/check.sh"
 
 if [ ! -f "$lib" ]; then
   fail "no library at $1"

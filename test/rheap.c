@@ -54,17 +54,8 @@ bool bmm__rheap_check(bmm_rheap_t *rh);
 
 /* ---- Helpers -------------------------------------------------------------- */
 
-static uint64_t rng_next(uint64_t *s) {
-  uint64_t x = *s; /* xorshift64* */
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 0x2545F4914F6CDD1Dull;
-}
-
 static size_t rng_below(uint64_t *s, size_t n) {
-  return (size_t)(rng_next(s) % n);
+  return (size_t)(check_rand(s) % n);
 }
 
 /* Fills [p, p + size) with a pattern derived from seed. */
@@ -707,46 +698,32 @@ static void check_aborts(misuse_t c) {
 
 /* With abort_on_error=0: each misuse is reported (stderr to a pipe, one
  * line each), returns EINVAL (bmm_rsize 0), and the heap stays sound. */
-static void check_ignored(void) {
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    if (bmm_option_set("abort_on_error", 0) != 0) _exit(10);
-    static unsigned char buf[1 << 16] __attribute__((aligned(16)));
-    bmm_rheap_t *rh = bmm_rheap_new(buf, sizeof buf);
-    if (rh == NULL) _exit(11);
-    bmm_handle_t *keep = NULL;
-    if (bmm_ralloc(rh, &keep, 300) != 0 || !write_handle(keep, 300, 77)) _exit(12);
-    for (int c = 0; c < MIS_COUNT; c++) {
-      long r = do_misuse((misuse_t)c, rh);
-      long want = c == MIS_SIZE_FREED ? 0 : EINVAL;
-      if (r != want) _exit(20 + c);
-      if (!bmm__rheap_check(rh)) _exit(40 + c);
-    }
-    if (!verify_handle(keep, 300, 77)) _exit(13);
-    bmm_rcompact(rh);
-    if (!verify_handle(keep, 300, 77) || bmm_rfree(keep) != 0) _exit(14);
-    _exit(0);
+static void ignored_in_child(void *unused) {
+  (void)unused;
+  if (bmm_option_set("abort_on_error", 0) != 0) _exit(10);
+  static unsigned char buf[1 << 16] __attribute__((aligned(16)));
+  bmm_rheap_t *rh = bmm_rheap_new(buf, sizeof buf);
+  if (rh == NULL) _exit(11);
+  bmm_handle_t *keep = NULL;
+  if (bmm_ralloc(rh, &keep, 300) != 0 || !write_handle(keep, 300, 77)) _exit(12);
+  for (int c = 0; c < MIS_COUNT; c++) {
+    long r = do_misuse((misuse_t)c, rh);
+    long want = c == MIS_SIZE_FREED ? 0 : EINVAL;
+    if (r != want) _exit(20 + c);
+    if (!bmm__rheap_check(rh)) _exit(40 + c);
   }
-  close(fds[1]);
+  if (!verify_handle(keep, 300, 77)) _exit(13);
+  bmm_rcompact(rh);
+  if (!verify_handle(keep, 300, 77) || bmm_rfree(keep) != 0) _exit(14);
+}
+
+static void check_ignored(void) {
   char out[8192];
-  size_t len = 0;
-  ssize_t n;
-  while (len < sizeof out - 1 && (n = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
-    len += (size_t)n;
-  out[len] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  size_t lines = 0;
-  for (size_t i = 0; i < len; i++)
-    lines += out[i] == '\n';
+  int lines;
+  int status = check_child(ignored_in_child, NULL, out, sizeof out, &lines);
   bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && lines == MIS_COUNT &&
             strstr(out, "call ignored") != NULL;
-  if (!CHECK(ok)) check_print(2, "  ignored: status %#x, %zu lines: %s\n", status, lines, out);
+  if (!CHECK(ok)) check_print(2, "  ignored: status %#x, %d lines: %s\n", status, lines, out);
 }
 
 static void test_misuse(void) {

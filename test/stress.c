@@ -103,17 +103,7 @@ static uint64_t mix64(uint64_t x) {
   return x;
 }
 
-static uint64_t rnd(uint64_t *state) {
-  /* xorshift64* */
-  uint64_t x = *state;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *state = x;
-  return x * 0x2545f4914f6cdd1dULL;
-}
-
-static size_t rnd_below(uint64_t *state, size_t n) { return (size_t)(rnd(state) % n); }
+static size_t rnd_below(uint64_t *state, size_t n) { return (size_t)(check_rand(state) % n); }
 
 static uint64_t block_key(uintptr_t addr, uint64_t seed) {
   return mix64((uint64_t)addr ^ (seed * 0x9e3779b97f4a7c15ULL));
@@ -289,7 +279,7 @@ static void allocate(worker_t *w, block_t *b) {
   b->p = p;
   b->size = size;
   b->align = align;
-  b->seed = rnd(r);
+  b->seed = check_rand(r);
   b->owner = w->serial;
   b->kind = kind;
   write_header(p, b->seed, size);
@@ -360,7 +350,7 @@ static void reallocate(worker_t *w, block_t *b) {
   b->align = 0;
   b->kind = K_REALLOC;
   b->owner = w->serial;
-  b->seed = rnd(&w->rng);
+  b->seed = check_rand(&w->rng);
   write_header(q, b->seed, size);
   fill_block(q, size, block_key((uintptr_t)q, b->seed));
 }

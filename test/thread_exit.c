@@ -35,23 +35,13 @@ typedef struct block {
   unsigned char fill;
 } block_t;
 
-static uint64_t rnd(uint64_t *s) {
-  /* xorshift64* */
-  uint64_t x = *s;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 0x2545f4914f6cdd1dULL;
-}
-
 static size_t varied_size(uint64_t *r) {
-  uint64_t pick = rnd(r) % 1000;
+  uint64_t pick = check_rand(r) % 1000;
   if (pick < 970)
-    return 16 + rnd(r) % 2033;
+    return 16 + check_rand(r) % 2033;
   if (pick < 998)
-    return 2049 + rnd(r) % (64 * KiB);
-  return 64 * KiB + rnd(r) % (256 * KiB);
+    return 2049 + check_rand(r) % (64 * KiB);
+  return 64 * KiB + check_rand(r) % (256 * KiB);
 }
 
 /* A block holds its own address in its first 8 bytes and `fill` after that,
@@ -127,7 +117,7 @@ static void *a_main(void *arg) {
   uint64_t r = t->seed;
   t->failed = 0;
   for (size_t i = 0; i < A_BLOCKS; i++)
-    if (!alloc_block(&t->blocks[i], varied_size(&r), (unsigned char)rnd(&r)))
+    if (!alloc_block(&t->blocks[i], varied_size(&r), (unsigned char)check_rand(&r)))
       t->failed++;
   return NULL; /* exits owning every block */
 }
@@ -196,9 +186,9 @@ static void *b_main(void *arg) {
   t->failed = t->corrupt = 0;
   for (size_t i = 0; i < B_BLOCKS / 2; i++) {
     /* interleaved, so the kept and the handed blocks share pages */
-    if (!alloc_block(&t->handed[i], varied_size(&r), (unsigned char)rnd(&r)))
+    if (!alloc_block(&t->handed[i], varied_size(&r), (unsigned char)check_rand(&r)))
       t->failed++;
-    if (!alloc_block(&mine[i], varied_size(&r), (unsigned char)rnd(&r)))
+    if (!alloc_block(&mine[i], varied_size(&r), (unsigned char)check_rand(&r)))
       t->failed++;
   }
   for (size_t i = 0; i < B_BLOCKS / 2; i++)
@@ -250,9 +240,9 @@ static void *c_main(void *arg) {
   int ok = 1;
   block_t b[4];
   for (int i = 0; i < 4; i++)
-    ok &= alloc_block(&b[i], varied_size(&r), (unsigned char)rnd(&r));
+    ok &= alloc_block(&b[i], varied_size(&r), (unsigned char)check_rand(&r));
 
-  size_t n = 16 + rnd(&r) % 5000;
+  size_t n = 16 + check_rand(&r) % 5000;
   unsigned char *z = bmm_calloc(n, 1);
   ok &= z != NULL;
   for (size_t i = 0; z && i < n; i++)

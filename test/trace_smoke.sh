@@ -25,14 +25,8 @@ replay=$2
 victim=$3
 limit=120 # seconds for any one program
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok: $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-finish() {
-  echo "$passed passed, $failed failed"
-  if [ "$failed" -eq 0 ]; then exit 0; else exit 1; fi
-}
+. "$(dirname "$0")/check.sh"
+
 # field "LINE" KEY: the value of KEY=value in LINE (empty when absent).
 field() { sed -n "s/.*[ ^]$2=\([^ ]*\).*/\1/p" <<<" $1"; }
 # check NAME GOT WANT
