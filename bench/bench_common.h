@@ -155,6 +155,30 @@ static inline double bc_now(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Touching memory                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Fills obj, then does `writes` read-modify-write byte stores into it in
+ * turn and returns a digest of its final bytes: the cache benchmarks' unit
+ * of work.  The volatile accesses make every store really reach memory. */
+static inline uint64_t bc_hammer(unsigned char *obj, size_t size, uint64_t seed, int writes)
+{
+    volatile unsigned char *v = obj;
+    for (size_t k = 0; k < size; k++)
+        v[k] = (unsigned char)(seed + k);
+    size_t k = 0;
+    for (int w = 0; w < writes; w++) {
+        v[k] = (unsigned char)(v[k] + 1);
+        if (++k == size)
+            k = 0;
+    }
+    uint64_t h = 0;
+    for (size_t j = 0; j < size; j++)
+        h = h * 31 + v[j];
+    return h;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Random numbers and hashing                                               */
 /* ------------------------------------------------------------------------ */
 

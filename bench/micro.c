@@ -30,22 +30,7 @@
  * malloc/free pair whose block is not used); on top of that every block is
  * written to and its address is stored in a volatile variable.
  */
-#define _GNU_SOURCE /* dladdr, RTLD_DEFAULT */
-
-#include <dlfcn.h>
-#include <errno.h>
-#include <inttypes.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <unistd.h>
+#include "bench_common.h" /* first: it defines _GNU_SOURCE */
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -70,29 +55,6 @@ static void *xmalloc(size_t size)
     }
     g_escape = p;
     return p;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* xorshift64*: a few cycles per number, fixed seed => same sequence of
- * sizes and slots under every allocator. */
-typedef struct {
-    uint64_t s;
-} rng_t;
-
-static inline uint64_t rng_next(rng_t *r)
-{
-    uint64_t x = r->s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    r->s = x;
-    return x * UINT64_C(0x2545F4914F6CDD1D);
 }
 
 /* Map 32 random bits onto [0, n) with a multiply instead of a division. */
@@ -124,53 +86,6 @@ bad:
     exit(2);
 }
 
-/* "VmRSS:  1234 kB" from /proc/self/status, in KiB; -1 if unavailable. */
-static long read_vmrss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL)
-        return -1;
-    char line[256];
-    long kb = -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return kb;
-}
-
-static long peak_rss_kb(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return -1;
-    return ru.ru_maxrss; /* KiB on Linux */
-}
-
-/* Which shared object the process' malloc symbol comes from (basename),
- * so the driver can check that a preloaded allocator really is in use. */
-static const char *malloc_provider(void)
-{
-    static char name[128];
-    void *sym = dlsym(RTLD_DEFAULT, "malloc");
-    Dl_info info;
-    if (sym == NULL || dladdr(sym, &info) == 0 || info.dli_fname == NULL)
-        return "unknown";
-    const char *base = strrchr(info.dli_fname, '/');
-    base = base ? base + 1 : info.dli_fname;
-    if (*base == '\0')
-        base = "main";
-    /* keep the RESULT line one token per value */
-    size_t n = 0;
-    for (; base[n] != '\0' && n + 1 < sizeof name; n++)
-        name[n] = (base[n] == ' ' || base[n] == '=') ? '_' : base[n];
-    name[n] = '\0';
-    return name;
-}
-
 static void print_throughput(const char *workload, int threads,
                              const char *extra, uint64_t ops, double secs,
                              uint64_t checksum)
@@ -179,8 +94,8 @@ static void print_throughput(const char *workload, int threads,
            "mops=%.2f ns_per_op=%.2f rss_kb=%ld checksum=%016" PRIx64
            " malloc_from=%s\n",
            workload, threads, extra, ops, secs, (double)ops / secs / 1e6,
-           secs * 1e9 / (double)ops, peak_rss_kb(), checksum,
-           malloc_provider());
+           secs * 1e9 / (double)ops, bc_peak_rss_kb(), checksum,
+           bc_malloc_from());
 }
 
 /* ------------------------------------------------------------------------ */
@@ -209,10 +124,10 @@ static int run_small(int argc, char **argv)
         }
     }
 
-    rng_t r = {UINT64_C(0x9E3779B97F4A7C15)};
+    bc_rng r = {UINT64_C(0x9E3779B97F4A7C15)};
     uint64_t sum = 0;
     for (int i = 0; i < SMALL_WINDOW; i++) {
-        uint64_t x = rng_next(&r);
+        uint64_t x = bc_next(&r);
         size_t size = SMALL_MIN + in_range(x, SMALL_MAX - SMALL_MIN + 1);
         uint64_t *p = xmalloc(size);
         p[0] = x;
@@ -224,11 +139,11 @@ static int run_small(int argc, char **argv)
      * write its first 16 bytes. The checksum reads each block before it is
      * freed, so it depends only on the RNG, not on the allocator. */
     uint64_t done = 0;
-    double t0 = now_seconds(), t1;
+    double t0 = bc_now(), t1;
     for (;;) {
         uint64_t chunk = duration > 0 ? 65536 : ops;
         for (uint64_t i = 0; i < chunk; i++) {
-            uint64_t x = rng_next(&r);
+            uint64_t x = bc_next(&r);
             uint32_t slot = in_range(x >> 32, SMALL_WINDOW);
             uint64_t *old = g_window[slot];
             sum += old[0] ^ old[1];
@@ -242,7 +157,7 @@ static int run_small(int argc, char **argv)
             g_window[slot] = p;
         }
         done += chunk;
-        t1 = now_seconds();
+        t1 = bc_now();
         if (duration <= 0 || t1 - t0 >= duration)
             break;
     }
@@ -309,7 +224,7 @@ static int run_fixed(int argc, char **argv, int batched)
     double t0, t1;
 
     if (!batched) {
-        t0 = now_seconds();
+        t0 = bc_now();
         for (uint64_t i = 0; i < ops; i++) {
             void *p = alloc_maybe_aligned(size, align);
             if (p == NULL || ((uintptr_t)p & (align ? align - 1 : 0)) != 0)
@@ -319,12 +234,12 @@ static int run_fixed(int argc, char **argv, int batched)
             sum += read_block(p, size);
             free(p);
         }
-        t1 = now_seconds();
+        t1 = bc_now();
     } else {
         void *blocks[BATCH];
         uint64_t rounds = (ops + BATCH - 1) / BATCH;
         ops = rounds * BATCH;
-        t0 = now_seconds();
+        t0 = bc_now();
         for (uint64_t r = 0; r < rounds; r++) {
             for (int j = 0; j < BATCH; j++) {
                 void *p = malloc(size);
@@ -339,7 +254,7 @@ static int run_fixed(int argc, char **argv, int batched)
                 free(blocks[j]);
             }
         }
-        t1 = now_seconds();
+        t1 = bc_now();
     }
 
     char extra[64];
@@ -404,11 +319,11 @@ static void wait_for_start(void)
 static void *producer(void *arg)
 {
     (void)arg;
-    rng_t r = {UINT64_C(0xD1B54A32D192ED03)};
+    bc_rng r = {UINT64_C(0xD1B54A32D192ED03)};
     uint64_t head = 0, tail_seen = 0;
     wait_for_start();
     for (uint64_t i = 0; i < g_pc_ops; i++) {
-        uint64_t x = rng_next(&r);
+        uint64_t x = bc_next(&r);
         size_t size = 16 + in_range(x, 256 - 16 + 1);
         uint64_t *p = malloc(size);
         if (p == NULL)
@@ -513,11 +428,11 @@ static int run_prodcon(int argc, char **argv)
     pthread_attr_destroy(&prod_attr);
     pthread_attr_destroy(&cons_attr);
     /* Thread creation is not timed: both threads wait for g_pc_go. */
-    double t0 = now_seconds();
+    double t0 = bc_now();
     atomic_store_explicit(&g_pc_go, 1, memory_order_release);
     pthread_join(tp, NULL);
     pthread_join(tc, NULL);
-    double t1 = now_seconds();
+    double t1 = bc_now();
     print_throughput("prodcon", 2, pinned ? " pinned=2cpus" : " pinned=no",
                      g_pc_ops, t1 - t0, g_pc_sum);
     return 0;
@@ -533,7 +448,7 @@ static int run_mem(int argc, char **argv)
 {
     if (argc < 1)
         die("usage: micro mem SIZE");
-    long rss_start = read_vmrss_kb();
+    long rss_start = bc_rss_kb();
     size_t size = parse_size(argv[0]);
     if (size == 0)
         die("size must be > 0");
@@ -547,11 +462,11 @@ static int run_mem(int argc, char **argv)
     if (ptrs == MAP_FAILED)
         die("mmap of pointer array failed");
     memset(ptrs, 0, array_bytes);
-    long rss_base = read_vmrss_kb();
+    long rss_base = bc_rss_kb();
     if (rss_start < 0 || rss_base < 0)
         die("cannot read VmRSS from /proc/self/status");
 
-    double t0 = now_seconds();
+    double t0 = bc_now();
     for (size_t i = 0; i < count; i++) {
         unsigned char *p = malloc(size);
         if (p == NULL)
@@ -559,8 +474,8 @@ static int run_mem(int argc, char **argv)
         memset(p, (int)(i & 0xff) | 1, size); /* touch every byte */
         ptrs[i] = p;
     }
-    double t1 = now_seconds();
-    long rss_live = read_vmrss_kb();
+    double t1 = bc_now();
+    long rss_live = bc_rss_kb();
 
     uint64_t sum = 0;
     for (size_t i = 0; i < count; i++) {
@@ -568,7 +483,7 @@ static int run_mem(int argc, char **argv)
         sum += p[0] + p[size - 1];
         free(p);
     }
-    long rss_freed = read_vmrss_kb();
+    long rss_freed = bc_rss_kb();
     munmap(ptrs, array_bytes);
 
     long cost_kb = rss_live - rss_base;
@@ -580,7 +495,7 @@ static int run_mem(int argc, char **argv)
            "checksum=%016" PRIx64 " malloc_from=%s units=MB_10^6\n",
            size, count, live_mb, rss_mb, (rss_mb / live_mb - 1.0) * 100.0,
            cost_kb, rss_base, rss_start, rss_freed - rss_base, t1 - t0, sum,
-           malloc_provider());
+           bc_malloc_from());
     return 0;
 }
 

@@ -27,25 +27,6 @@ struct result {
 };
 static BC_PADDED(struct result) g_res[BC_MAX_THREADS];
 
-/* Write the object WRITES times and return a digest of its final bytes;
- * the volatile accesses make every store really reach memory. */
-static uint64_t hammer(unsigned char *obj, size_t size, uint64_t seed)
-{
-    volatile unsigned char *v = obj;
-    for (size_t k = 0; k < size; k++)
-        v[k] = (unsigned char)(seed + k);
-    size_t k = 0;
-    for (int w = 0; w < WRITES; w++) {
-        v[k] = (unsigned char)(v[k] + 1);
-        if (++k == size)
-            k = 0;
-    }
-    uint64_t h = 0;
-    for (size_t j = 0; j < size; j++)
-        h = h * 31 + v[j];
-    return h;
-}
-
 static void worker(int index, void *ctx)
 {
     (void)ctx;
@@ -56,7 +37,7 @@ static void worker(int index, void *ctx)
         if (p == NULL)
             bc_oom(size);
         bc_sink = p;
-        sum += hammer(p, size, i + (uint64_t)index);
+        sum += bc_hammer(p, size, i + (uint64_t)index, WRITES);
         free(p);
     }
     g_res[index].v.objects = i;
