@@ -673,6 +673,26 @@ static void rh_fullness_fire(bmm_rheap_t *rh, unsigned fire, bmm_fullness_fn *fn
   }
 }
 
+/* Ends a call that allocated or grew a block, returning 0: notes under the
+ * lock the thresholds the fill crossed, unlocks, and only then runs the
+ * callback, which may call back into the heap. */
+static int rh_unlock_grown(bmm_rheap_t *rh) {
+  unsigned fire = rh_fullness_up(rh);
+  bmm_fullness_fn *fn = rh->fn;
+  void *arg = rh->fn_arg;
+  bmm_assert_expensive(bmm__rheap_check(rh));
+  rh_unlock(rh);
+  if (bmm_unlikely(fire != 0)) rh_fullness_fire(rh, fire, fn, arg);
+  return 0;
+}
+
+/* Ends a call that found no room. */
+static int rh_unlock_nomem(bmm_rheap_t *rh) {
+  rh_unlock(rh);
+  errno = ENOMEM;
+  return ENOMEM;
+}
+
 /* ---- Compaction ---------------------------------------------------------- */
 
 /* Closes the gap [at, locked) below a locked block: what is left of it
@@ -983,19 +1003,9 @@ BMM_API int bmm_ralloc(bmm_rheap_t *rh, bmm_handle_t **h, size_t size) {
     rh_compact_locked(rh);
     e = rh_alloc_locked(rh, need, size);
   }
-  if (e == NULL) {
-    rh_unlock(rh);
-    errno = ENOMEM;
-    return ENOMEM;
-  }
+  if (e == NULL) return rh_unlock_nomem(rh);
   *h = rh_handle_of(e);
-  unsigned fire = rh_fullness_up(rh);
-  bmm_fullness_fn *fn = rh->fn;
-  void *arg = rh->fn_arg;
-  bmm_assert_expensive(bmm__rheap_check(rh));
-  rh_unlock(rh);
-  if (bmm_unlikely(fire != 0)) rh_fullness_fire(rh, fire, fn, arg);
-  return 0;
+  return rh_unlock_grown(rh);
 }
 
 BMM_API int bmm_rrealloc(bmm_handle_t *h, size_t size) {
@@ -1003,11 +1013,7 @@ BMM_API int bmm_rrealloc(bmm_handle_t *h, size_t size) {
   rh_entry_t *e = rh_enter(h, "bmm_rrealloc", &rh);
   if (e == NULL) return EINVAL; /* errno set */
   size_t need = rh_need(size);
-  if (need == 0 || need > rh->capacity) {
-    rh_unlock(rh);
-    errno = ENOMEM;
-    return ENOMEM;
-  }
+  if (need == 0 || need > rh->capacity) return rh_unlock_nomem(rh);
   rh_block_t *b = rh_entry_block(rh, e);
   size_t cur = rh_size(b);
   uint32_t tail = (uint32_t)(need - RH_HEADER - size);
@@ -1028,21 +1034,11 @@ BMM_API int bmm_rrealloc(bmm_handle_t *h, size_t size) {
              (rh_rotate_last(rh, e, need) && rh_grow_in_place(rh, rh_entry_block(rh, e), need));
     }
   }
-  if (!done) {
-    rh_unlock(rh);
-    errno = ENOMEM;
-    return ENOMEM;
-  }
+  if (!done) return rh_unlock_nomem(rh);
   if (rh_debug_fill && b == rh_entry_block(rh, e)) /* grown in place */
     memset(rh_bytes(b) + cur, BMM_DEBUG_FILL_ALLOC, need - cur);
   rh_set_state(e, rh_locks(e), rh_tag(e), tail);
-  unsigned fire = rh_fullness_up(rh);
-  bmm_fullness_fn *fn = rh->fn;
-  void *arg = rh->fn_arg;
-  bmm_assert_expensive(bmm__rheap_check(rh));
-  rh_unlock(rh);
-  if (bmm_unlikely(fire != 0)) rh_fullness_fire(rh, fire, fn, arg);
-  return 0;
+  return rh_unlock_grown(rh);
 }
 
 BMM_API int bmm_rlock(bmm_handle_t *h, void **ptr) {

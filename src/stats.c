@@ -72,6 +72,14 @@ static void out_bytes(out_t *o, size_t b) {
   out_str(o, tmp);
 }
 
+/* The four columns of one row of the memory table. */
+static void out_mem_row(out_t *o, const bmm_mem_stats_t *st) {
+  out_bytes(o, st->reserved);
+  out_bytes(o, st->committed);
+  out_bytes(o, st->used);
+  out_bytes(o, st->purged);
+}
+
 /* Seconds with three decimals from microseconds. */
 static void out_secs(out_t *o, long long us) {
   out_num(o, (unsigned long long)(us / 1000000), 0);
@@ -107,18 +115,12 @@ static void print_text(out_t *o) {
     out_str(o, "  arena ");
     out_num(o, i, 4);
     out_str(o, " ");
-    out_bytes(o, st.reserved);
-    out_bytes(o, st.committed);
-    out_bytes(o, st.used);
-    out_bytes(o, st.purged);
+    out_mem_row(o, &st);
     out_str(o, "\n");
   }
   bmm__mem_stats(&st);
   out_str(o, "  total      ");
-  out_bytes(o, st.reserved);
-  out_bytes(o, st.committed);
-  out_bytes(o, st.used);
-  out_bytes(o, st.purged);
+  out_mem_row(o, &st);
   out_str(o, "\n  (totals include huge blocks; large blocks are inside the arenas)\n");
 
   bmm_class_stats_t cs[BMM_CLASS_COUNT];
