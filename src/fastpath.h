@@ -60,13 +60,19 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
   return -1;
 }
 
-/* Free a block of a page the calling thread owns. */
-bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
+/* Pushes p on the local free list of its page, which the calling thread
+ * owns; true when that was the page's last block in use. */
+bmm_inline bool bmm__push_local(bmm_page_t *page, void *p) {
   bmm_block_t *block = (bmm_block_t *)p;
   if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
   block->next = page->local_free;
   page->local_free = block;
-  if (bmm_unlikely(--page->used == 0 || page->in_full))
+  return --page->used == 0;
+}
+
+/* Free a block of a page the calling thread owns. */
+bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
+  if (bmm_unlikely(bmm__push_local(page, p) || page->in_full))
     bmm__heap_page_unfull_or_retire(
         atomic_load_explicit(&page->heap, memory_order_relaxed), page);
 }
@@ -84,11 +90,7 @@ bmm_inline void bmm__free_fast(void *p, const char *call) {
   bmm_page_t *page = bmm__page_of_ours(p);
   if (bmm_likely(atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id() &&
                  bmm__page_block_index(page, p) < page->reserved)) {
-    bmm_block_t *block = (bmm_block_t *)p;
-    if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
-    block->next = page->local_free;
-    page->local_free = block;
-    if (bmm_unlikely(--page->used == 0))
+    if (bmm_unlikely(bmm__push_local(page, p)))
       bmm__heap_page_unfull_or_retire(
           atomic_load_explicit(&page->heap, memory_order_relaxed), page);
   } else {
