@@ -48,27 +48,17 @@ static void close_stderr(void) {
   close(STDERR_FILENO);
 }
 
-/* Runs this program with BMM_SHOW_STATS=1 in `mode`; returns what it
- * wrote to stderr (in buf) after checking it exited 0. */
+static void exec_show_stats(void *extra) {
+  setenv("BMM_SHOW_STATS", "1", 1);
+  execl("/proc/self/exe", "stats", "--child", (const char *)extra, (char *)NULL);
+  _exit(127);
+}
+
+/* Runs this program with BMM_SHOW_STATS=1 and the child argument `extra`;
+ * returns what it wrote to stderr (in buf) after checking it exited 0. */
 static void run_show_stats_child(const char *extra, char *buf, size_t cap) {
-  int fds[2];
-  CHECK(pipe(fds) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[0]);
-    setenv("BMM_SHOW_STATS", "1", 1);
-    execl("/proc/self/exe", "stats", "--child", extra, (char *)NULL);
-    _exit(127);
-  }
-  close(fds[1]);
-  size_t got = 0;
-  ssize_t n;
-  while (got < cap - 1 && (n = read(fds[0], buf + got, cap - 1 - got)) > 0) got += (size_t)n;
-  buf[got] = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  int lines;
+  int status = check_child(exec_show_stats, (void *)(uintptr_t)extra, buf, cap, &lines);
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
