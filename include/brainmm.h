@@ -117,6 +117,31 @@ BMM_API void bmm_jit_free_sync(bmm_jit_t *jit, void *code);
 BMM_API void *bmm_jit_writable(bmm_jit_t *jit, void *code); /* where to write the code */
 BMM_API void bmm_jit_flush(void *code, size_t size);        /* make new code visible */
 
+/* ---- 8. Heaps: pools that are freed at once ---------------------------- */
+
+/* A heap may be used from any number of threads at once (each thread
+ * allocates from its own view of it, without locks). Its blocks are freed
+ * with plain bmm_free/free from any thread, or all at once by
+ * bmm_heap_destroy, which may run on any thread but not while another
+ * thread allocates from, frees into or visits the same heap. Plain
+ * bmm_realloc keeps a heap's block in place when it fits and otherwise
+ * moves it to the calling thread's default heap; bmm_heap_realloc moves it
+ * into the heap it names. A fixed heap lives inside [mem, mem + size),
+ * metadata included, never grows, and is guarded by a lock of its own; its
+ * blocks stay in it under bmm_realloc too. */
+typedef struct bmm_heap bmm_heap_t;
+BMM_API bmm_heap_t *bmm_heap_new(void);
+BMM_API bmm_heap_t *bmm_heap_new_fixed(void *mem, size_t size); /* never grows past mem */
+BMM_API void bmm_heap_destroy(bmm_heap_t *heap); /* frees every block of the heap */
+BMM_API void *bmm_heap_malloc(bmm_heap_t *heap, size_t size);
+BMM_API void *bmm_heap_calloc(bmm_heap_t *heap, size_t count, size_t size);
+BMM_API void *bmm_heap_realloc(bmm_heap_t *heap, void *p, size_t size);
+BMM_API void *bmm_heap_malloc_aligned(bmm_heap_t *heap, size_t size, size_t align);
+typedef bool bmm_visit_fn(const void *block, size_t usable, void *arg);
+/* Calls fn for every live block of the heap, once each, until fn returns
+ * false; returns false then, true after the last block. */
+BMM_API bool bmm_heap_visit(bmm_heap_t *heap, bmm_visit_fn *fn, void *arg);
+
 /* ---- 9. Relocatable heap: handles and compaction ---------------------- */
 
 typedef struct bmm_rheap bmm_rheap_t;

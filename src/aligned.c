@@ -31,15 +31,25 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
   if (align <= BMM_UNIT_SIZE) {
     void *p = align <= 256 ? bmm__malloc_aligned_fast(size, align) : NULL;
     if (bmm_likely(p != NULL)) return p;
-    size_t want = size < align ? align : (size + align - 1) & ~(align - 1);
-    if (want <= BMM_MEDIUM_MAX) {
-      size_t cls = bmm__class_of(want);
-      while (bmm__class_size(cls) & (align - 1)) cls++;
-      bmm_heap_t *heap = bmm__heap_get();
-      return heap != NULL ? bmm__heap_alloc_slow(heap, BMM_CLASS_COUNT + cls) : NULL;
+    size_t qi = bmm__aligned_queue(size, align);
+    if (qi != SIZE_MAX) {
+      bmm_theap_t *heap = bmm__heap_get();
+      return heap != NULL ? bmm__heap_alloc_slow(heap, qi) : NULL;
     }
   }
   return bmm__large_alloc(size, align);
+}
+
+/* The aligned queue serving `size` bytes aligned to `align` (a power of
+ * two in (16, 64 KiB]): the first class at least that big whose size is a
+ * multiple of align. SIZE_MAX when the request is a large block. */
+size_t bmm__aligned_queue(size_t size, size_t align) {
+  size = bmm__class_request(size);
+  size_t want = size < align ? align : (size + align - 1) & ~(align - 1);
+  if (want > BMM_MEDIUM_MAX || size > BMM_MEDIUM_MAX) return SIZE_MAX;
+  size_t cls = bmm__class_of(want);
+  while (bmm__class_size(cls) & (align - 1)) cls++;
+  return BMM_CLASS_COUNT + cls;
 }
 
 BMM_API void *bmm_malloc_aligned(size_t size, size_t align) {

@@ -5,11 +5,12 @@
 #include <string.h>
 
 #include "fastpath.h"
+#include "fixed.h"
 
 /* The slow path of every small and medium allocation, plain (qi = the
  * class) or aligned (qi = BMM_CLASS_COUNT + the class): drain the delayed
  * frees, find a page of queue qi with a free block, pop it. */
-void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi) {
+void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
   if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
     bmm__heap_process_delayed(heap);
   bmm_page_t *page = heap->queues[qi].first;
@@ -21,6 +22,7 @@ void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi) {
     }
   }
   bmm_assert_expensive(bmm__page_is_valid(page));
+  if (bmm__secure) return bmm__secure_pop(page);
   bmm_block_t *block = page->free;
   page->free = block->next;
   page->used++;
@@ -30,17 +32,18 @@ void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi) {
 
 /* The heap of the calling thread, set up on its first allocation; NULL
  * (errno ENOMEM) when even that fails. */
-bmm_heap_t *bmm__heap_get(void) {
-  bmm_heap_t *heap = bmm__heap_tls;
+bmm_theap_t *bmm__heap_get(void) {
+  bmm_theap_t *heap = bmm__heap_tls;
   if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_init_thread()) == NULL)
     errno = ENOMEM;
   return heap;
 }
 
-bmm_noinline void *bmm__malloc_generic(bmm_heap_t *heap, size_t size) {
+bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
   if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_get()) == NULL) return NULL;
-  if (size > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
-  return bmm__heap_alloc_slow(heap, bmm__class_of(size));
+  size_t need = bmm__class_request(size);
+  if (need > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
+  return bmm__heap_alloc_slow(heap, bmm__class_of(need));
 }
 
 BMM_API void *bmm_malloc(size_t size) {
@@ -58,24 +61,29 @@ BMM_API void *bmm_calloc(size_t count, size_t size) {
     return NULL;
   }
   void *p = bmm__malloc_fast(total);
-  if (bmm_unlikely(p == NULL)) return NULL;
+  if (bmm_likely(p != NULL)) bmm__zero_block(p, total);
+  return p;
+}
+
+/* Clear the first `size` bytes of the fresh block p (calloc). */
+void bmm__zero_block(void *p, size_t size) {
   bmm_page_t *page = bmm__page_of(p);
   /* A huge block on a fresh mapping is zero already (capacity 0: not
    * reused from the huge cache). */
   if (atomic_load_explicit(&page->kind, memory_order_relaxed) != BMM_PAGE_HUGE ||
       page->capacity != 0)
-    memset(p, 0, total);
-  return p;
+    memset(p, 0, size);
 }
 
 /* Usable size of the live block at p and the alignment it must keep (0:
- * the usual 16 bytes); 0 after reporting p as misuse. */
-static size_t block_info(void *p, const char *call, size_t *align, bmm_page_t **page) {
+ * the usual 16 bytes); 0 when p starts no block of BrainMM's own heaps
+ * (after reporting it as misuse if `call` is not NULL). */
+size_t bmm__block_info(void *p, const char *call, size_t *align, bmm_page_t **page) {
   *page = bmm__page_of(p);
   *align = 0;
   if (*page == NULL) {
     size_t size = bmm__region_block_size(p, align);
-    if (size == 0) bmm__error(p, call, "pointer was not allocated by BrainMM");
+    if (size == 0 && call != NULL) bmm__error(p, call, "pointer was not allocated by BrainMM");
     return size;
   }
   size_t usable = bmm__block_usable(p, *page, call);
@@ -94,12 +102,18 @@ static size_t block_info(void *p, const char *call, size_t *align, bmm_page_t **
 static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *call) {
   size_t align;
   bmm_page_t *page;
-  size_t usable = block_info(p, call, &align, &page);
-  if (bmm_unlikely(usable == 0)) { /* already reported as misuse */
+  size_t usable = bmm__block_info(p, NULL, &align, &page);
+  if (bmm_unlikely(usable == 0)) {
+    bmm_fixed_t *fh = bmm__fixed_find(p); /* wherever its memory lies */
+    if (fh != NULL && bmm__fixed_usable(fh, p) != 0) return bmm__fixed_resize(fh, p, size, mode);
+    bmm__block_info(p, call, &align, &page); /* reports the misuse */
     errno = EINVAL;
     return NULL;
   }
-  if (page != NULL && usable > BMM_MEDIUM_MAX) {
+  /* A first-class heap tracks its large blocks by their descriptor, which
+   * growing in place may move: such a block is moved by copying. */
+  if (page != NULL && usable > BMM_MEDIUM_MAX &&
+      atomic_load_explicit(&page->heap, memory_order_relaxed) == NULL) {
     void *q = bmm__large_realloc(p, page, size, mode);
     if (q != NULL) return q;
   }

@@ -341,6 +341,7 @@ bmm_arena_t *bmm__arena_get(size_t index) {
 void bmm__arena_page_free(bmm_page_t *page) {
   bmm_arena_t *arena = bmm__arena_of_page(page);
   size_t first = (size_t)(page - arena->pages), units = page->units;
+  if (page->guarded) bmm__secure_unguard(page); /* the units may become anything */
   page->free = page->local_free = NULL;
   page->used = page->capacity = page->reserved = 0;
   page->block_size = 0;
@@ -457,17 +458,28 @@ static void purge_next_lower(int64_t deadline) {
   }
 }
 
-/* Decommit every free unit that may still hold memory, now. */
-void bmm__arena_purge_all(void) {
-  huge_cache_expire(-1);
+static void purge_arenas(bool all) {
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
     if (arena == NULL) continue;
     atomic_store_explicit(&arena->purge_deadline, 0, memory_order_relaxed);
-    arena_purge(arena, true);
+    arena_purge(arena, all);
     arena_release(arena);
   }
+}
+
+/* Decommit every free unit that may still hold memory, now. */
+void bmm__arena_purge_all(void) {
+  huge_cache_expire(-1);
+  purge_arenas(true);
+}
+
+/* Decommit the units freed since the last purge now, without waiting for
+ * their deadline (bmm_heap_destroy: the program said it is done with
+ * them). */
+void bmm__arena_purge_marked(void) {
+  purge_arenas(false);
 }
 
 /* ---- Accounting -------------------------------------------------------- */
@@ -618,6 +630,8 @@ static bmm_page_t *huge_init(bmm_arena_t *h, size_t offset, size_t total) {
   page->start = (uint8_t *)h + offset;
   page->reserved = page->used = 1;
   page->capacity = 0;
+  page->next = page->prev = NULL; /* a cached region's may be stale */
+  atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
   atomic_store_explicit(&page->kind, BMM_PAGE_HUGE, memory_order_relaxed);
   atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
   region_map_set(h, BMM_REGION_ARENA);
@@ -786,8 +800,14 @@ size_t bmm__region_block_size(const void *p, size_t *align) {
   return size;
 }
 
-/* Free the region block starting at p; false if there is none. */
+/* Free the region block starting at p; false if there is none. The region
+ * map answers for most pointers without the lock (fixed heaps' blocks
+ * outside our regions come this way on every free). */
 bool bmm__region_block_free(void *p) {
+  uintptr_t r = (uintptr_t)p >> BMM_REGION_SHIFT;
+  if (r >= BMM_REGION_MAP_SIZE ||
+      atomic_load_explicit(&bmm__region_map[r], memory_order_acquire) != BMM_REGION_BLOCK)
+    return false;
   size_t size = 0;
   region_blocks_acquire();
   for (size_t i = 0; i < BMM_REGION_BLOCKS; i++) {

@@ -44,6 +44,10 @@ static void line_emit(line_t *l) {
 }
 
 void bmm__error(const void *p, const char *call, const char *what) {
+  bmm__error_block(p, call, what, 0);
+}
+
+void bmm__error_block(const void *p, const char *call, const char *what, size_t block_size) {
   line_t l = {.len = 0};
   line_add(&l, "brainmm: error: ");
   line_add(&l, call);
@@ -51,6 +55,11 @@ void bmm__error(const void *p, const char *call, const char *what) {
   line_add_hex(&l, (uintptr_t)p);
   line_add(&l, "): ");
   line_add(&l, what);
+  if (block_size != 0) {
+    line_add(&l, " (size class ");
+    line_add_dec(&l, block_size);
+    line_add(&l, " B)");
+  }
   if (bmm__options[BMM_OPTION_ABORT_ON_ERROR]) line_add(&l, "; aborting");
   else line_add(&l, "; call ignored");
   line_emit(&l);

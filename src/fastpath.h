@@ -14,17 +14,24 @@
 
 #include "internal.h"
 
+/* Pop a block of `size` (at most BMM_SMALL_MAX) from the page the direct
+ * table of `heap` names, or NULL when that page has none ready. */
+bmm_inline void *bmm__heap_pop_small(bmm_theap_t *heap, size_t size) {
+  bmm_page_t *page = heap->direct[(size + BMM_ALIGN - 1) / BMM_ALIGN];
+  bmm_block_t *block = page->free;
+  if (bmm_likely(block != NULL)) {
+    page->free = block->next;
+    page->used++;
+    if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+  }
+  return block;
+}
+
 bmm_inline void *bmm__malloc_fast(size_t size) {
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   if (bmm_likely(size <= BMM_SMALL_MAX)) {
-    bmm_page_t *page = heap->direct[(size + BMM_ALIGN - 1) / BMM_ALIGN];
-    bmm_block_t *block = page->free;
-    if (bmm_likely(block != NULL)) {
-      page->free = block->next;
-      page->used++;
-      if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
-      return block;
-    }
+    void *p = bmm__heap_pop_small(heap, size);
+    if (bmm_likely(p != NULL)) return p;
   }
   return bmm__malloc_generic(heap, size);
 }
@@ -36,7 +43,9 @@ bmm_inline void *bmm__malloc_fast(size_t size) {
  * class. NULL means "take the slow path"; errno is not touched. */
 bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
   size_t want = (size < align ? align : size + align - 1) & ~(align - 1);
-  if (bmm_unlikely(want > 256 || size > 256)) return NULL;
+  /* Secure mode: every allocation goes through its checks. The one
+   * inline path that pays a test for it (a load that stays cached). */
+  if (bmm_unlikely(want > 256 || size > 256 || bmm__secure)) return NULL;
   bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
   if (bmm_unlikely(page == NULL)) return NULL;
   bmm_block_t *block = page->free;
@@ -61,18 +70,24 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
 }
 
 /* Pushes p on the local free list of its page, which the calling thread
- * owns; true when that was the page's last block in use. */
-bmm_inline bool bmm__push_local(bmm_page_t *page, void *p) {
+ * owns; true when that was the page's last block in use. `slow` (a
+ * constant): the caller is a slow path, which secure mode may take, so
+ * the link may have to be encoded; the fast path never sees secure mode. */
+bmm_inline bool bmm__push_local(bmm_page_t *page, void *p, bool slow) {
   bmm_block_t *block = (bmm_block_t *)p;
-  if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
-  block->next = page->local_free;
+  if (slow && bmm_unlikely(bmm__secure)) {
+    bmm__secure_set_next(page, block, page->local_free);
+  } else {
+    if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
+    block->next = page->local_free;
+  }
   page->local_free = block;
   return --page->used == 0;
 }
 
 /* Free a block of a page the calling thread owns. */
 bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
-  if (bmm_unlikely(bmm__push_local(page, p) || page->in_full))
+  if (bmm_unlikely(bmm__push_local(page, p, true) || page->in_full))
     bmm__heap_page_unfull_or_retire(
         atomic_load_explicit(&page->heap, memory_order_relaxed), page);
 }
@@ -90,7 +105,7 @@ bmm_inline void bmm__free_fast(void *p, const char *call) {
   bmm_page_t *page = bmm__page_of_ours(p);
   if (bmm_likely(atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id() &&
                  bmm__page_block_index(page, p) < page->reserved)) {
-    if (bmm_unlikely(bmm__push_local(page, p)))
+    if (bmm_unlikely(bmm__push_local(page, p, false)))
       bmm__heap_page_unfull_or_retire(
           atomic_load_explicit(&page->heap, memory_order_relaxed), page);
   } else {

@@ -6,6 +6,7 @@
  * pointers and double frees of large blocks are reported, never acted on.
  */
 #include "fastpath.h"
+#include "fixed.h"
 
 /* Push a block onto another thread's page. If the page is in its heap's
  * full queue (state USE), hand the block to the heap instead so the owner
@@ -19,7 +20,7 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
     if (bmm_unlikely(notify)) {
       next = (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_FREEING;
     } else {
-      block->next = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
+      bmm__set_next(page, block, (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK));
       next = (uintptr_t)block | (tf & BMM_DF_MASK);
     }
     /* release: block->next is visible to the owner that takes the list;
@@ -31,10 +32,10 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
 
   /* We hold FREEING: the owner cannot abandon the page (it waits for us),
    * so page->heap stays valid until we leave that state. */
-  bmm_heap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
+  bmm_theap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
   bmm_block_t *old = atomic_load_explicit(&heap->delayed_free, memory_order_relaxed);
   do {
-    block->next = old;
+    bmm__set_next_any(block, old);
   } while (!atomic_compare_exchange_weak_explicit(&heap->delayed_free, &old, block,
                                                   memory_order_release, memory_order_relaxed));
   /* Leave FREEING. Later remote frees go to thread_free directly: the owner
@@ -53,10 +54,19 @@ static bool is_block_start(const bmm_page_t *page, const void *p) {
          bmm__page_block_index(page, p) < page->reserved;
 }
 
+/* p starts no block of BrainMM's own heaps: it is a fixed heap's block
+ * (whose memory may lie anywhere, in a BrainMM block too), or misuse. */
+static void free_other(void *p, const char *call, const char *what) {
+  bmm_fixed_t *fh = bmm__fixed_find(p);
+  if (fh == NULL) bmm__error(p, call, what);
+  else if (!bmm__fixed_free(fh, p))
+    bmm__error(p, call, "double free, or pointer into a block, of a fixed heap");
+}
+
 bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
-    if (!bmm__region_block_free(p)) bmm__error(p, call, "pointer was not allocated by BrainMM");
+    if (!bmm__region_block_free(p)) free_other(p, call, "pointer was not allocated by BrainMM");
     return;
   }
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
@@ -64,23 +74,28 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
   case BMM_PAGE_SMALL:
   case BMM_PAGE_MEDIUM:
     if (bmm_unlikely(!is_block_start(page, p))) {
-      bmm__error(p, call, "pointer into the middle of a block");
+      free_other(p, call, "pointer into the middle of a block");
       return;
     }
     /* Our own page, full (tid bit 0 set) or not. */
-    if ((atomic_load_explicit(&page->tid, memory_order_relaxed) & ~(uintptr_t)1) ==
+    if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
+    if ((atomic_load_explicit(&page->tid, memory_order_relaxed) & ~BMM_TID_FLAGS) ==
         bmm__os_thread_id())
       bmm__free_local(page, p);
     else
       free_remote(page, (bmm_block_t *)p);
     return;
   case BMM_PAGE_SPANS:
+    if (bmm_unlikely(bmm__span_usable(p, page) == 0)) {
+      bmm_fixed_t *fh = bmm__fixed_find(p);
+      if (fh != NULL && bmm__fixed_free(fh, p)) return;
+    }
     bmm__span_free(p, page, call);
     return;
   case BMM_PAGE_LARGE:
   case BMM_PAGE_HUGE:
     if (bmm_unlikely(p != page->start)) {
-      bmm__error(p, call, "pointer into the middle of a block");
+      free_other(p, call, "pointer into the middle of a block");
       return;
     }
     /* The kind goes to FREE exactly once: a second free of the same block
@@ -90,11 +105,13 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       bmm__error(p, call, "double free of a large block");
       return;
     }
+    if (atomic_load_explicit(&page->heap, memory_order_relaxed) != NULL)
+      bmm__fheap_large_unlink(page);
     if (kind == BMM_PAGE_LARGE) bmm__arena_page_free(page);
     else bmm__huge_free(page);
     return;
   default:
-    bmm__error(p, call, "double free, or pointer not allocated by BrainMM");
+    free_other(p, call, "double free, or pointer not allocated by BrainMM");
     return;
   }
 }
@@ -103,15 +120,16 @@ BMM_API void bmm_free(void *p) {
   bmm__free_fast(p, "free");
 }
 
-/* The size is only a hint today; secure mode will verify it. */
+/* The size is a hint that secure mode verifies. */
 BMM_API void bmm_free_sized(void *p, size_t size) {
-  (void)size;
+  if (bmm_unlikely(bmm__secure) && p != NULL) bmm__secure_check_size(p, size, "free_sized");
   bmm__free_fast(p, "free_sized");
 }
 
 BMM_API void bmm_free_aligned_sized(void *p, size_t align, size_t size) {
   (void)align;
-  (void)size;
+  if (bmm_unlikely(bmm__secure) && p != NULL)
+    bmm__secure_check_size(p, size, "free_aligned_sized");
   bmm__free_fast(p, "free_aligned_sized");
 }
 
@@ -128,7 +146,7 @@ size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call
     switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {
     case BMM_PAGE_SMALL:
     case BMM_PAGE_MEDIUM:
-      if (is_block_start(page, p)) return page->block_size;
+      if (is_block_start(page, p)) return bmm__page_usable(page);
       what = "pointer into the middle of a block";
       break;
     case BMM_PAGE_SPANS: {
@@ -153,6 +171,11 @@ size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call
 
 BMM_API size_t bmm_usable_size(const void *p) {
   if (p == NULL) return 0;
-  if (!bmm__is_ours(p)) return bmm__region_block_size(p, NULL);
-  return bmm__usable_size_checked(p, NULL);
+  size_t size = bmm__is_ours(p) ? bmm__usable_size_checked(p, NULL)
+                                : bmm__region_block_size(p, NULL);
+  if (size == 0) { /* a fixed heap's block, wherever its memory lies? */
+    bmm_fixed_t *fh = bmm__fixed_find(p);
+    if (fh != NULL) size = bmm__fixed_usable(fh, p);
+  }
+  return size;
 }

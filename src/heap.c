@@ -19,11 +19,11 @@ bmm_page_t bmm__page_empty; /* free == NULL: the fast path falls through */
 
 /* The heap of a thread that has not allocated yet: every direct entry
  * points at the empty page, so the first malloc takes the slow path. */
-bmm_heap_t bmm__heap_empty = {
+bmm_theap_t bmm__heap_empty = {
     .direct = {[0 ... BMM_DIRECT_COUNT - 1] = &bmm__page_empty},
 };
 
-__thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
+__thread bmm_theap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
     &bmm__heap_empty;
 
 /* Free blocks a page keeps in circulation while it can still carve more
@@ -31,14 +31,14 @@ __thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
  * per page and cuts malloc's slow-path calls on 1 KiB blocks by half. */
 #define BMM_PAGE_MIN_SLACK 8
 
-static _Atomic(bmm_heap_t *) heap_pool;                   /* recycled heaps */
+static _Atomic(bmm_theap_t *) heap_pool;                   /* recycled heaps */
 static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* Every queue a heap's pages can be in, for walks over all of them: the
  * class queues, then (at i == BMM_QUEUE_COUNT) the full queue. */
 #define BMM_ALL_QUEUES (BMM_QUEUE_COUNT + 1)
-static inline bmm_page_queue_t *heap_queue_at(bmm_heap_t *heap, size_t i) {
+static inline bmm_page_queue_t *heap_queue_at(bmm_theap_t *heap, size_t i) {
   return i < BMM_QUEUE_COUNT ? &heap->queues[i] : &heap->full;
 }
 
@@ -46,8 +46,9 @@ static inline bmm_page_queue_t *heap_queue_at(bmm_heap_t *heap, size_t i) {
 
 /* Point the direct entries of class `cls` at its queue's first page (the
  * direct table serves plain requests only: nothing for aligned queues). */
-static void heap_direct_update(bmm_heap_t *heap, size_t cls) {
-  if (cls >= BMM_CLASS_COUNT) return;
+static void heap_direct_update(bmm_theap_t *heap, size_t cls) {
+  /* Secure mode keeps the table empty: every malloc takes the slow path. */
+  if (cls >= BMM_CLASS_COUNT || bmm__secure) return;
   size_t size = bmm__class_size(cls);
   if (size > BMM_SMALL_MAX) return;
   bmm_page_t *page = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
@@ -76,23 +77,23 @@ static inline size_t page_queue_index(const bmm_page_t *page) {
   return page->class_idx + (page->align_log ? BMM_CLASS_COUNT : 0);
 }
 
-static inline bmm_page_queue_t *page_queue(bmm_heap_t *heap, const bmm_page_t *page) {
+static inline bmm_page_queue_t *page_queue(bmm_theap_t *heap, const bmm_page_t *page) {
   return &heap->queues[page_queue_index(page)];
 }
 
-static void heap_queue_remove(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_queue_remove(bmm_theap_t *heap, bmm_page_t *page) {
   bmm_page_queue_t *q = page_queue(heap, page);
   bool was_first = q->first == page;
   queue_remove(q, page);
   if (was_first) heap_direct_update(heap, page_queue_index(page));
 }
 
-static void heap_queue_push_front(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_queue_push_front(bmm_theap_t *heap, bmm_page_t *page) {
   queue_push_front(page_queue(heap, page), page);
   heap_direct_update(heap, page_queue_index(page));
 }
 
-static void heap_queue_push_back(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
   bmm_page_queue_t *q = page_queue(heap, page);
   page->next = NULL;
   page->prev = q->last;
@@ -102,20 +103,20 @@ static void heap_queue_push_back(bmm_heap_t *heap, bmm_page_t *page) {
   if (q->first == page) heap_direct_update(heap, page_queue_index(page));
 }
 
-static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page);
+static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
  * so that bit is free): the owner's free fast path compares tid with its
  * own id, so a full page fails that compare and takes the slow path, and
  * the fast path needs no in_full test of its own. */
-static void page_set_full(bmm_heap_t *heap, bmm_page_t *page, bool full) {
+static void page_set_full(bmm_theap_t *heap, bmm_page_t *page, bool full) {
   page->in_full = full;
   atomic_store_explicit(&page->tid, heap->tid | (uintptr_t)full, memory_order_relaxed);
 }
 
 /* A page with no free block leaves the search path. From now on the first
  * remote free into it notifies this heap (delayed state USE). */
-static void heap_page_to_full(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_page_to_full(bmm_theap_t *heap, bmm_page_t *page) {
   heap_queue_remove(heap, page);
   queue_push_front(&heap->full, page);
   page_set_full(heap, page, true);
@@ -131,7 +132,7 @@ static void heap_page_to_full(bmm_heap_t *heap, bmm_page_t *page) {
 /* A page that got a block back goes to the back of its queue: malloc keeps
  * using the page it is on, and this one gathers more free blocks before
  * its turn, instead of two pages trading places with a block or two each. */
-static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page) {
   queue_remove(&heap->full, page);
   page_set_full(heap, page, false);
   bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_USE);
@@ -142,7 +143,7 @@ static void heap_page_unfull(bmm_heap_t *heap, bmm_page_t *page) {
  * page goes back to the arena unless it is its class's first page, which is
  * kept so that an alloc/free cycle at a page boundary does not claim and
  * release a page every time. */
-void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page) {
+void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page) {
   if (page->in_full) heap_page_unfull(heap, page);
   if (page->used == 0 && page_queue(heap, page)->first != page) {
     heap_queue_remove(heap, page);
@@ -153,12 +154,12 @@ void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page) {
 /* Free the blocks remote threads handed to us because their pages were
  * full. Every block's page is still ours: abandonment drains this list
  * after the last remote thread left FREEING. */
-void bmm__heap_process_delayed(bmm_heap_t *heap) {
+void bmm__heap_process_delayed(bmm_theap_t *heap) {
   bmm_block_t *b = atomic_exchange_explicit(&heap->delayed_free, NULL, memory_order_acquire);
   while (b != NULL) {
-    bmm_block_t *next = b->next;
+    bmm_block_t *next = bmm__next_any(b);
     bmm_page_t *page = bmm__page_of(b);
-    b->next = page->local_free;
+    bmm__set_next(page, b, page->local_free);
     page->local_free = b;
     page->used--;
     bmm__heap_page_unfull_or_retire(heap, page);
@@ -168,7 +169,7 @@ void bmm__heap_process_delayed(bmm_heap_t *heap) {
 
 /* ---- Getting a page with free blocks --------------------------------- */
 
-static void heap_adopt_page(bmm_heap_t *heap, bmm_page_t *page) {
+static void heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
   atomic_store_explicit(&page->tid, heap->tid, memory_order_relaxed);
   bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_NEVER);
@@ -187,8 +188,10 @@ static void heap_adopt_page(bmm_heap_t *heap, bmm_page_t *page) {
  * aligned pages alike; each goes to its own queue); returns one of queue
  * `qi` with free blocks, first in its queue, or NULL. Empty pages beyond
  * that one go back to the arena. */
-static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t qi) {
+static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
   size_t cls = qi % BMM_CLASS_COUNT;
+  /* Not into a view: its pages must hold its owner's blocks only. */
+  if (heap->owner != NULL) return NULL;
   if (atomic_load_explicit(&abandoned[cls], memory_order_relaxed) == NULL) return NULL;
   /* Taking the whole list with one exchange has no ABA problem. acquire:
    * pairs with the abandoning thread's release push, so its writes to the
@@ -215,7 +218,7 @@ static bmm_page_t *heap_adopt_class(bmm_heap_t *heap, size_t qi) {
   return found;
 }
 
-static bmm_page_t *heap_page_fresh(bmm_heap_t *heap, size_t qi) {
+static bmm_page_t *heap_page_fresh(bmm_theap_t *heap, size_t qi) {
   size_t cls = qi % BMM_CLASS_COUNT;
   size_t units = bmm__class_size(cls) <= BMM_SMALL_PAGE_MAX ? 1 : BMM_MEDIUM_PAGE_UNITS;
   bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1);
@@ -245,7 +248,7 @@ BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
 }
 
 /* Run the hook once, not recursively (it may allocate and free). */
-void bmm__heap_deferred_free(bmm_heap_t *heap, bool force) {
+void bmm__heap_deferred_free(bmm_theap_t *heap, bool force) {
   bmm_deferred_free_fn *fn = atomic_load_explicit(&deferred_fn, memory_order_acquire);
   if (fn == NULL || heap == &bmm__heap_empty || heap->in_deferred) return;
   heap->in_deferred = true;
@@ -257,7 +260,7 @@ void bmm__heap_deferred_free(bmm_heap_t *heap, bool force) {
  * aligned) with a free block, collecting frees as it goes, moving exhausted
  * pages to the full queue, then adopting abandoned pages, then claiming a
  * fresh page. */
-bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
+bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
   heap->heartbeat++;
@@ -297,46 +300,95 @@ bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t qi) {
 
 /* ---- Thread start and exit ------------------------------------------- */
 
-static void heap_pool_push_list(bmm_heap_t *first, bmm_heap_t *last) {
-  bmm_heap_t *old = atomic_load_explicit(&heap_pool, memory_order_relaxed);
+static void heap_pool_push_list(bmm_theap_t *first, bmm_theap_t *last) {
+  bmm_theap_t *old = atomic_load_explicit(&heap_pool, memory_order_relaxed);
   do {
     last->pool_next = old;
   } while (!atomic_compare_exchange_weak_explicit(&heap_pool, &old, first,
                                                   memory_order_release, memory_order_relaxed));
 }
 
-static bmm_heap_t *heap_pool_pop(void) {
+static bmm_theap_t *heap_pool_pop(void) {
   /* Take all, keep one, give the rest back: no ABA window. */
-  bmm_heap_t *all = atomic_exchange_explicit(&heap_pool, NULL, memory_order_acquire);
+  bmm_theap_t *all = atomic_exchange_explicit(&heap_pool, NULL, memory_order_acquire);
   if (all == NULL) return NULL;
-  bmm_heap_t *rest = all->pool_next;
+  bmm_theap_t *rest = all->pool_next;
   if (rest != NULL) {
-    bmm_heap_t *last = rest;
+    bmm_theap_t *last = rest;
     while (last->pool_next != NULL) last = last->pool_next;
     heap_pool_push_list(rest, last);
   }
   return all;
 }
 
-bmm_heap_t *bmm__heap_init_thread(void) {
-  bmm__process_init();
-  /* process init may have allocated (and so set up this thread's heap)
-   * through a library call: use that heap rather than make a second. */
-  if (bmm__heap_tls != &bmm__heap_empty) return bmm__heap_tls;
-  bmm_heap_t *heap = heap_pool_pop();
+/* An empty heap owned by the calling thread, from the pool or the OS. */
+static bmm_theap_t *heap_make(void) {
+  bmm_theap_t *heap = heap_pool_pop();
   if (heap == NULL) {
-    heap = bmm__os_reserve_aligned(sizeof(bmm_heap_t), bmm__os_page_size(), true);
+    heap = bmm__os_reserve_aligned(sizeof(bmm_theap_t), bmm__os_page_size(), true);
     if (heap == NULL) return NULL;
   }
   memset(heap, 0, sizeof *heap);
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) heap->direct[i] = &bmm__page_empty;
-  heap->tid = bmm__os_thread_id();
+  /* Pages carry their heap's tid: in secure mode one that the free fast
+   * path never matches. */
+  heap->tid = bmm__os_thread_id() | (bmm__secure ? BMM_TID_SLOW : 0);
   /* Spread threads over arenas so their page claims touch different
    * bitmap words; the hint is corrected on the first claim. */
   heap->arena_hint = (uint32_t)((heap->tid >> 12) & 3);
+  return heap;
+}
+
+bmm_theap_t *bmm__heap_init_thread(void) {
+  bmm__process_init();
+  /* process init may have allocated (and so set up this thread's heap)
+   * through a library call: use that heap rather than make a second. */
+  if (bmm__heap_tls != &bmm__heap_empty) return bmm__heap_tls;
+  bmm_theap_t *heap = heap_make();
+  if (heap == NULL) return NULL;
   bmm__heap_tls = heap;
   bmm__os_thread_exit_hook_arm(heap);
   return heap;
+}
+
+/* ---- Views of first-class heaps (fheap.c owns the heaps) ---------------- */
+
+/* The calling thread's view of `owner`: an ordinary heap that fheap.c
+ * links into the owner. It is not abandoned when the thread exits (its
+ * pages keep taking remote frees, and a later thread with the same id
+ * takes the view over); bmm__heap_view_release ends it. */
+bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner) {
+  bmm_theap_t *view = heap_make();
+  if (view != NULL) view->owner = owner;
+  return view;
+}
+
+/* Give every page of `view` back to the arena, whatever it holds, and the
+ * view to the pool: time linear in its pages, none in its blocks. Blocks
+ * on delayed_free are dropped with their pages. No thread may use the view
+ * or free into its pages meanwhile (bmm_heap_destroy's contract). */
+void bmm__heap_view_release(bmm_theap_t *view) {
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(view, c);
+    bmm_page_t *page;
+    while ((page = q->first) != NULL) {
+      queue_remove(q, page);
+      bmm__arena_page_free(page);
+    }
+  }
+  view->owner = NULL;
+  heap_pool_push_list(view, view);
+}
+
+/* Every live block of the view's pages. Blocks are live unless they sit on
+ * one of their page's free lists or on the view's delayed list. */
+bool bmm__heap_view_visit(bmm_theap_t *view, bmm_visit_fn *fn, void *arg) {
+  bmm_block_t *delayed = atomic_load_explicit(&view->delayed_free, memory_order_acquire);
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    for (bmm_page_t *page = heap_queue_at(view, c)->first; page != NULL; page = page->next)
+      if (!bmm__page_visit(page, delayed, fn, arg)) return false;
+  }
+  return true;
 }
 
 static void heap_abandon_page(bmm_page_t *page) {
@@ -352,7 +404,7 @@ static void heap_abandon_page(bmm_page_t *page) {
                                                   memory_order_release, memory_order_relaxed));
 }
 
-static void heap_set_all_delayed(bmm_heap_t *heap, uintptr_t to, unsigned from_mask) {
+static void heap_set_all_delayed(bmm_theap_t *heap, uintptr_t to, unsigned from_mask) {
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(heap, c);
     for (bmm_page_t *page = q->first; page != NULL; page = page->next)
@@ -362,8 +414,10 @@ static void heap_set_all_delayed(bmm_heap_t *heap, uintptr_t to, unsigned from_m
 
 /* Thread exit (the OS layer's hook): give every page away. */
 void bmm__heap_thread_done(void *arg) {
-  bmm_heap_t *heap = arg;
-  if (heap == NULL || heap == &bmm__heap_empty || heap->tid != bmm__os_thread_id()) return;
+  bmm_theap_t *heap = arg;
+  if (heap == NULL || heap == &bmm__heap_empty ||
+      (heap->tid & ~BMM_TID_FLAGS) != bmm__os_thread_id())
+    return;
   heap_set_all_delayed(heap, BMM_DF_NEVER, 0xF);
   bmm__heap_process_delayed(heap);
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
@@ -383,7 +437,7 @@ void bmm__heap_thread_done(void *arg) {
 /* In a forked child only the forking thread lives. A thread that was in the
  * middle of a delayed free into one of our pages will never finish it:
  * release its FREEING state so that nothing waits for it forever. */
-void bmm__heap_fork_child(bmm_heap_t *heap) {
+void bmm__heap_fork_child(bmm_theap_t *heap) {
   if (heap == &bmm__heap_empty) return;
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(heap, c);
@@ -399,7 +453,7 @@ void bmm__heap_fork_child(bmm_heap_t *heap) {
 /* Return what this heap holds but does not use: empty pages go back to the
  * arena; with `force`, abandoned pages of dead threads are adopted (and
  * freed when empty) too. */
-void bmm__heap_collect(bmm_heap_t *heap, bool force) {
+void bmm__heap_collect(bmm_theap_t *heap, bool force) {
   if (heap == &bmm__heap_empty) return;
   bmm__heap_process_delayed(heap);
   for (size_t c = 0; c < BMM_QUEUE_COUNT; c++) {
@@ -422,7 +476,7 @@ void bmm__heap_collect(bmm_heap_t *heap, bool force) {
   }
 }
 
-bool bmm__heap_check(bmm_heap_t *heap) {
+bool bmm__heap_check(bmm_theap_t *heap) {
   if (heap == &bmm__heap_empty) return true;
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(heap, c);
@@ -440,14 +494,14 @@ bool bmm__heap_check(bmm_heap_t *heap) {
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
     size_t cls = bmm__class_of(i * BMM_ALIGN);
     bmm_page_t *want = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
-    if (heap->direct[i] != want) return false;
+    if (heap->direct[i] != (bmm__secure ? &bmm__page_empty : want)) return false;
   }
   return true;
 }
 
 /* Pages, blocks in use and capacity per size class of `heap` (plain and
  * aligned queues and the full queue together); returns BMM_CLASS_COUNT. */
-size_t bmm__heap_class_stats(bmm_heap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
+size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(bmm_class_stats_t) * BMM_CLASS_COUNT);
   if (heap == &bmm__heap_empty) return BMM_CLASS_COUNT;
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {

@@ -40,6 +40,7 @@ void bmm__process_init(void) {
   bmm__os_process_info_start();
   options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
   bmm__options_init();
+  bmm__secure_init(); /* before any page exists: it shapes them all */
   if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
   bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);
@@ -57,6 +58,10 @@ __attribute__((constructor)) static void init_constructor(void) {
   /* The first malloc may have run before the environment was set up. */
   if (!options_seen_env) {
     bmm__options_init();
+    if (bmm__options[BMM_OPTION_SECURE] != bmm__secure) {
+      bmm__warning("option secure must be set before the first allocation; ignored", NULL);
+      bmm__options[BMM_OPTION_SECURE] = bmm__secure;
+    }
     if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr();
   }
   /* Arm the exit hook of the main thread too (its heap may predate it). */

@@ -158,37 +158,107 @@ size_t bmm__region_block_size(const void *p, size_t *align);
 bool bmm__region_block_free(void *p);
 void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);
+void bmm__arena_purge_marked(void);
 void bmm__arena_purge_due(void);
 bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out);
 void bmm__mem_stats(bmm_mem_stats_t *out);
 bool bmm__arena_check_all(void);
 
 /* ---- page.c ---------------------------------------------------------- */
-void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls);
+void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls);
 void bmm__page_extend(bmm_page_t *page);
 void bmm__page_collect(bmm_page_t *page);
 size_t bmm__page_take_thread_free(bmm_page_t *page);
 void bmm__page_set_delayed(bmm_page_t *page, uintptr_t to, unsigned from_mask);
 bool bmm__page_is_valid(const bmm_page_t *page);
+bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_fn *fn,
+                     void *arg);
+
+/* ---- secure.c: secure mode --------------------------------------------- */
+/* 0 off, 1 on, 2 also whole freed blocks checked; fixed when the process
+ * initialises (before any page exists) and read only by slow paths: in
+ * secure mode the direct table stays empty and page tids carry
+ * BMM_TID_SLOW, so the inline fast paths always fall through to them. */
+extern int bmm__secure;
+/* Bit 1 of a secure heap's tid: no thread id has it (ids are TCB
+ * addresses), so the free fast path's compare always fails. Bit 0 is
+ * in_full (heap.c). */
+#define BMM_TID_SLOW ((uintptr_t)2)
+#define BMM_TID_FLAGS ((uintptr_t)3)
+/* Bytes after each small block's usable size that hold its canary. */
+#define BMM_CANARY 16
+
+bmm_block_t *bmm__secure_next(const bmm_page_t *page, const bmm_block_t *b);
+void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next);
+
+/* A free-list link, decoded (and checked) in secure mode. Every list walk
+ * outside the inline fast paths goes through these two. */
+bmm_inline bmm_block_t *bmm__next(const bmm_page_t *page, const bmm_block_t *b) {
+  if (bmm_likely(!bmm__secure)) return b->next;
+  return bmm__secure_next(page, b);
+}
+
+bmm_inline void bmm__set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
+  if (bmm_likely(!bmm__secure)) b->next = next;
+  else bmm__secure_set_next(page, b, next);
+}
+
+/* The same for a heap's delayed list, whose blocks are of many pages. */
+bmm_block_t *bmm__secure_next_any(const bmm_block_t *b);
+void bmm__secure_set_next_any(bmm_block_t *b, bmm_block_t *next);
+bmm_inline bmm_block_t *bmm__next_any(const bmm_block_t *b) {
+  if (bmm_likely(!bmm__secure)) return b->next;
+  return bmm__secure_next_any(b);
+}
+
+bmm_inline void bmm__set_next_any(bmm_block_t *b, bmm_block_t *next) {
+  if (bmm_likely(!bmm__secure)) b->next = next;
+  else bmm__secure_set_next_any(b, next);
+}
+
+/* Bytes a small or medium block of `page` gives its caller. */
+bmm_inline size_t bmm__page_usable(const bmm_page_t *page) {
+  return page->block_size - (bmm__secure ? BMM_CANARY : 0);
+}
+
+/* The request size that picks a size class: room for the canary. */
+bmm_inline size_t bmm__class_request(size_t size) {
+  if (bmm_likely(!bmm__secure)) return size;
+  /* At least one usable byte: 0 would read as "not a block". */
+  if (size == 0) size = 1;
+  return size <= SIZE_MAX - BMM_CANARY ? size + BMM_CANARY : SIZE_MAX;
+}
+
+void bmm__secure_init(void);
+void bmm__secure_page_init(bmm_page_t *page);
+void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n);
+void *bmm__secure_pop(bmm_page_t *page);
+bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call);
+void bmm__secure_guard_tail(bmm_page_t *page);
+void bmm__secure_unguard(bmm_page_t *page);
+void bmm__secure_check_size(void *p, size_t size, const char *call);
 
 /* ---- heap.c ---------------------------------------------------------- */
-extern bmm_heap_t bmm__heap_empty;
+extern bmm_theap_t bmm__heap_empty;
 extern bmm_page_t bmm__page_empty;
-extern __thread bmm_heap_t *bmm__heap_tls __attribute__((tls_model("initial-exec")));
+extern __thread bmm_theap_t *bmm__heap_tls __attribute__((tls_model("initial-exec")));
 
-bmm_heap_t *bmm__heap_init_thread(void);
+bmm_theap_t *bmm__heap_init_thread(void);
 void bmm__heap_thread_done(void *heap);
-bmm_page_t *bmm__heap_find_page(bmm_heap_t *heap, size_t cls);
-void bmm__heap_page_unfull_or_retire(bmm_heap_t *heap, bmm_page_t *page);
-void bmm__heap_process_delayed(bmm_heap_t *heap);
-void bmm__heap_collect(bmm_heap_t *heap, bool force);
-void bmm__heap_deferred_free(bmm_heap_t *heap, bool force);
+bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t cls);
+void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page);
+void bmm__heap_process_delayed(bmm_theap_t *heap);
+void bmm__heap_collect(bmm_theap_t *heap, bool force);
+void bmm__heap_deferred_free(bmm_theap_t *heap, bool force);
 typedef struct bmm_class_stats_s {
   size_t pages, used, capacity;
 } bmm_class_stats_t;
-size_t bmm__heap_class_stats(bmm_heap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]);
-bool bmm__heap_check(bmm_heap_t *heap);
-void bmm__heap_fork_child(bmm_heap_t *heap);
+size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]);
+bool bmm__heap_check(bmm_theap_t *heap);
+bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner);
+void bmm__heap_view_release(bmm_theap_t *view);
+bool bmm__heap_view_visit(bmm_theap_t *view, bmm_visit_fn *fn, void *arg);
+void bmm__heap_fork_child(bmm_theap_t *heap);
 
 /* ---- large.c: blocks above BMM_MEDIUM_MAX ---------------------------- */
 /* How a resize may treat the block: realloc keeps the contents and may
@@ -196,6 +266,7 @@ void bmm__heap_fork_child(bmm_heap_t *heap);
  * leave it where it is. */
 typedef enum bmm_resize_e { BMM_RESIZE_REALLOC, BMM_RESIZE_REGET, BMM_RESIZE_EXPAND } bmm_resize_t;
 void *bmm__large_alloc(size_t size, size_t align);
+void *bmm__large_unit_run(size_t size, size_t align);
 void *bmm__large_realloc(void *p, bmm_page_t *page, size_t size, bmm_resize_t mode);
 size_t bmm__large_align(const void *p, const bmm_page_t *page);
 void *bmm__pages_alloc(size_t count);
@@ -207,14 +278,22 @@ size_t bmm__large_bytes_copied(void);
 void bmm__large_count_copied(size_t bytes);
 
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */
-void *bmm__malloc_generic(bmm_heap_t *heap, size_t size);
-void *bmm__heap_alloc_slow(bmm_heap_t *heap, size_t qi);
-bmm_heap_t *bmm__heap_get(void);
+void *bmm__malloc_generic(bmm_theap_t *heap, size_t size);
+void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi);
+bmm_theap_t *bmm__heap_get(void);
 void *bmm__malloc_aligned(size_t size, size_t align);
+size_t bmm__aligned_queue(size_t size, size_t align);
 int bmm__posix_memalign_slow(void **out, size_t align, size_t size);
 void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
 size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call);
+size_t bmm__block_info(void *p, const char *call, size_t *align, bmm_page_t **page);
+void bmm__zero_block(void *p, size_t size);
+
+/* ---- fheap.c: first-class heaps -------------------------------------- */
+void bmm__fheap_large_unlink(bmm_page_t *page);
+struct bmm_fixed_s;
+void *bmm__fixed_resize(struct bmm_fixed_s *fh, void *p, size_t size, bmm_resize_t mode);
 
 /* ---- init.c ---------------------------------------------------------- */
 void bmm__process_init(void);
@@ -230,6 +309,8 @@ typedef enum bmm_option_e {
   BMM_OPTION_ARENA_RELEASE,
   BMM_OPTION_SHOW_STATS,
   BMM_OPTION_STATS_JSON,
+  BMM_OPTION_SECURE,
+  BMM_OPTION_ZERO_ON_FREE,
   BMM_OPTION_COUNT
 } bmm_option_t;
 extern long bmm__options[BMM_OPTION_COUNT];
@@ -250,6 +331,8 @@ bmm_inline char *bmm__fmt_dec(char *end, unsigned long long v) {
 /* One diagnostic line for detected heap misuse, then abort unless
  * abort_on_error=0. `call` names the API function, `what` the problem. */
 void bmm__error(const void *p, const char *call, const char *what);
+/* The same, naming the size class (block size) of the block concerned. */
+void bmm__error_block(const void *p, const char *call, const char *what, size_t block_size);
 void bmm__warning(const char *what, const char *detail);
 void bmm__verbose(const char *what, size_t value);
 _Noreturn void bmm__assert_fail(const char *expr, const char *file, int line,

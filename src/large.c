@@ -201,7 +201,7 @@ static void span_make_free(bmm_arena_t *a, size_t pg, size_t len) {
 /* ---- Allocation and free ------------------------------------------------- */
 
 static void *span_alloc(size_t n) {
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   size_t count = bmm__arena_count();
   size_t start = heap->arena_hint < count ? heap->arena_hint : 0;
   for (size_t k = 0; k < count; k++) {
@@ -233,17 +233,25 @@ static void *span_alloc(size_t n) {
   return page_addr(a, pg);
 }
 
-/* Alignments above a page: a run of units aligned as asked (no spans). */
-static void *unit_run_alloc(size_t size, size_t align) {
-  size_t units = size == 0 ? 1 : (size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
+/* Alignments above a page, and the large blocks of first-class heaps
+ * (which link the run's descriptor into their heap): a run of units
+ * aligned as asked (no spans). */
+void *bmm__large_unit_run(size_t size, size_t align) {
+  size_t guard = bmm__secure ? BMM_SPAN_PAGE : 0; /* a guard page after the block */
+  size_t units = (size + guard + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT;
+  if (units == 0) units = 1;
   size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   uint32_t hint = heap->arena_hint;
   bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units);
   if (page == NULL) return NULL;
   if (heap != &bmm__heap_empty) heap->arena_hint = hint;
   page->block_size = units << BMM_UNIT_SHIFT;
   page->reserved = page->used = 1;
+  if (guard) {
+    bmm__secure_guard_tail(page);
+    if (page->guarded) page->block_size -= guard;
+  }
   atomic_store_explicit(&page->kind, BMM_PAGE_LARGE, memory_order_relaxed);
   return page->start;
 }
@@ -263,9 +271,11 @@ void *bmm__large_alloc(size_t size, size_t align) {
     p = bmm__region_block_alloc(size, align);
   } else if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) {
     p = bmm__huge_alloc(size, align);
-  } else if (align > BMM_SPAN_PAGE) {
-    p = unit_run_alloc(size, align);
-    if (p != NULL) bmm__page_of(p)->align_log = (uint8_t)__builtin_ctzll(align);
+  } else if (align > BMM_SPAN_PAGE || bmm__secure) {
+    /* Secure mode: unit runs rather than spans, for their guard page. */
+    p = bmm__large_unit_run(size, align);
+    if (p != NULL)
+      bmm__page_of(p)->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
   } else {
     p = span_alloc(pages_for(size));
     /* A used span keeps the alignment it was asked for in its (unused)

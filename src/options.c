@@ -28,6 +28,13 @@ static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
     [BMM_OPTION_SHOW_STATS] = {"show_stats", 0, 0, 1, "print the statistics at exit"},
     [BMM_OPTION_STATS_JSON] = {"stats_json", 0, 0, 1,
                                "bmm_stats_print (and show_stats) write JSON, not a table"},
+    [BMM_OPTION_SECURE] = {"secure", 0, 0, 2,
+                           "1: encoded free lists, guard pages, canaries, double-free and "
+                           "use-after-free checks; 2: also check whole freed blocks (fixed "
+                           "at the first allocation)"},
+    [BMM_OPTION_ZERO_ON_FREE] = {"zero_on_free", 0, 0, 1,
+                                 "secure mode: clear blocks when they are freed (fixed at "
+                                 "the first allocation)"},
 };
 
 long bmm__options[BMM_OPTION_COUNT] = {
@@ -39,6 +46,8 @@ long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_ARENA_RELEASE] = 1,
     [BMM_OPTION_SHOW_STATS] = 0,
     [BMM_OPTION_STATS_JSON] = 0,
+    [BMM_OPTION_SECURE] = 0,
+    [BMM_OPTION_ZERO_ON_FREE] = 0,
 };
 
 /* Index of the option named by the first `len` bytes of `name`, compared
@@ -131,6 +140,11 @@ BMM_API long bmm_option_get(const char *name) {
 BMM_API int bmm_option_set(const char *name, long value) {
   int idx = name ? option_find(name, strlen(name)) : -1;
   if (idx < 0 || value < option_desc[idx].min || value > option_desc[idx].max) return EINVAL;
+  /* Secure mode shapes every page (and its fill every freed block): it
+   * cannot change once pages exist. */
+  if ((idx == BMM_OPTION_SECURE || idx == BMM_OPTION_ZERO_ON_FREE) &&
+      bmm__process_is_initialized() && value != bmm__options[idx])
+    return EBUSY;
   bmm__options[idx] = value;
   return 0;
 }

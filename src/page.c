@@ -26,7 +26,7 @@ static uint32_t odd_inverse(uint32_t m) {
   return x;
 }
 
-void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
+void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
   page->class_idx = (uint16_t)cls;
   page->align_log = 0;
@@ -44,6 +44,7 @@ void bmm__page_init(bmm_page_t *page, bmm_heap_t *heap, size_t cls) {
   atomic_store_explicit(&page->tid, heap->tid, memory_order_relaxed);
   atomic_store_explicit(&page->kind, page->units == 1 ? BMM_PAGE_SMALL : BMM_PAGE_MEDIUM,
                         memory_order_relaxed);
+  if (bmm__secure) bmm__secure_page_init(page);
 }
 
 /* Carve the next blocks of the page onto the front of its free list. */
@@ -54,6 +55,11 @@ void bmm__page_extend(bmm_page_t *page) {
   if (n == 0) n = 1;
   if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
   uint8_t *first = page->start + (size_t)page->capacity * bs;
+  if (bmm__secure) {
+    bmm__secure_extend(page, first, n);
+    page->capacity += (uint32_t)n;
+    return;
+  }
   uint8_t *p = first;
   for (size_t i = 1; i < n; i++, p += bs) ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
   ((bmm_block_t *)p)->next = page->free;
@@ -74,8 +80,9 @@ size_t bmm__page_take_thread_free(bmm_page_t *page) {
   bmm_block_t *head = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
   bmm_block_t *tail = head;
   size_t count = 1;
-  while (tail->next != NULL) {
-    tail = tail->next;
+  bmm_block_t *next;
+  while ((next = bmm__next(page, tail)) != NULL) {
+    tail = next;
     /* A list longer than the blocks out means a block was freed twice
      * (the list then has a cycle): stop before walking forever. */
     if (bmm_unlikely(++count > page->used)) {
@@ -83,7 +90,7 @@ size_t bmm__page_take_thread_free(bmm_page_t *page) {
       return 0; /* drop the list rather than corrupt the page */
     }
   }
-  tail->next = page->local_free;
+  bmm__set_next(page, tail, page->local_free);
   page->local_free = head;
   page->used -= (uint32_t)count;
   return count;
@@ -119,6 +126,42 @@ void bmm__page_set_delayed(bmm_page_t *page, uintptr_t to, unsigned from_mask) {
   }
 }
 
+/* Calls fn for every carved block of the page that is on none of its free
+ * lists nor on `more` (a list that may hold blocks of other pages too),
+ * in address order; false when fn stopped the walk. The page's owner must
+ * not run meanwhile; remote threads may push onto thread_free (a block
+ * pushed during the walk may be reported live). */
+bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_fn *fn,
+                     void *arg) {
+  /* One bit per block: a small page holds at most 64 KiB / 16 blocks. */
+  uint64_t freed[BMM_UNIT_SIZE / BMM_ALIGN / 64];
+  _Static_assert(BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE / BMM_SMALL_PAGE_MAX <=
+                     BMM_UNIT_SIZE / BMM_ALIGN,
+                 "medium pages hold fewer blocks than small ones");
+  size_t cap = page->capacity, words = (cap + 63) / 64;
+  memset(freed, 0, words * sizeof freed[0]);
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+  const bmm_block_t *lists[4] = {page->free, page->local_free,
+                                 (const bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK), more};
+  uintptr_t lo = (uintptr_t)page->start, span = (uintptr_t)cap * page->block_size;
+  for (int l = 0; l < 4; l++) {
+    size_t steps = 0;
+    for (const bmm_block_t *b = lists[l]; b != NULL && steps <= cap + 1;
+         b = l < 3 ? bmm__next(page, b) : bmm__next_any(b)) {
+      if (l < 3) steps++; /* a cycle (a double free) must not hang us */
+      uintptr_t off = (uintptr_t)b - lo;
+      if (off >= span) continue; /* `more`: another page's block */
+      size_t i = off / page->block_size;
+      freed[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+  }
+  for (size_t i = 0; i < cap; i++)
+    if (!(freed[i / 64] >> (i % 64) & 1) &&
+        !fn(page->start + i * page->block_size, page->block_size, arg))
+      return false;
+  return true;
+}
+
 /* Full validation of an owned page (the expensive assertion tier). */
 bool bmm__page_is_valid(const bmm_page_t *page) {
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
@@ -130,7 +173,7 @@ bool bmm__page_is_valid(const bmm_page_t *page) {
   size_t count = 0;
   const bmm_block_t *lists[2] = {page->free, page->local_free};
   for (int l = 0; l < 2; l++) {
-    for (const bmm_block_t *b = lists[l]; b != NULL; b = b->next) {
+    for (const bmm_block_t *b = lists[l]; b != NULL; b = bmm__next(page, b)) {
       uintptr_t off = (uintptr_t)b - (uintptr_t)page->start;
       if ((uintptr_t)b < (uintptr_t)page->start || off % page->block_size != 0 ||
           off / page->block_size >= page->capacity)

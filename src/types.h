@@ -77,7 +77,7 @@ typedef struct bmm_block_s {
   struct bmm_block_s *next;
 } bmm_block_t;
 
-typedef struct bmm_heap_s bmm_heap_t;
+typedef struct bmm_theap_s bmm_theap_t;
 typedef struct bmm_page_s bmm_page_t;
 typedef struct bmm_arena_s bmm_arena_t;
 
@@ -128,18 +128,19 @@ struct bmm_page_s {
   bmm_block_t *free;          /* [owner] blocks ready to hand out */
   uint8_t block_shift;        /* [init] trailing zero bits of block_size */
   uint8_t align_log;          /* [init] aligned pages: the class's natural alignment, log2 */
-  uint8_t unused8[2];
+  uint8_t guarded;            /* [init] secure mode: the page's last 4 KiB are PROT_NONE */
+  uint8_t unused8;
   uint32_t capacity;          /* [owner] blocks carved so far */
   /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */
   uint32_t unused32;
   size_t block_size;          /* [init] bytes per block (usable size) */
   _Atomic(uintptr_t) thread_free; /* [atomic] remote frees | BMM_DF_* */
-  _Atomic(bmm_heap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
+  _Atomic(bmm_theap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
   bmm_page_t *next;           /* [owner] heap queue links */
   bmm_page_t *prev;
   bmm_page_t *abandoned_next; /* link in the global abandoned list */
-  uint8_t padding[128 - 120];
+  uint64_t key;               /* [init] secure mode: encodes links, canaries */
 };
 
 /* ---- Arenas ---------------------------------------------------------- */
@@ -210,6 +211,9 @@ typedef struct bmm_mem_stats_s {
 
 /* ---- Heaps ----------------------------------------------------------- */
 
+/* Views of first-class heaps a thread finds without a lock (fheap.c). */
+#define BMM_VIEW_CACHE 4
+
 typedef struct bmm_page_queue_s {
   bmm_page_t *first;
   bmm_page_t *last;
@@ -218,7 +222,7 @@ typedef struct bmm_page_queue_s {
 /* A thread's heap. Everything here is [owner] except delayed_free. Heaps are
  * recycled, never unmapped: a remote thread in BMM_DF_FREEING may still be
  * reading page->heap while the owner abandons (abandonment waits for it). */
-struct bmm_heap_s {
+struct bmm_theap_s {
   bmm_page_t *direct[BMM_DIRECT_COUNT]; /* (size+15)/16 -> page to try first */
   /* queues[c]: pages of class c for plain requests; queues[BMM_CLASS_COUNT
    * + c]: pages of class c that serve aligned requests (align_log != 0), so
@@ -230,7 +234,20 @@ struct bmm_heap_s {
   uint64_t heartbeat;  /* slow-path visits, passed to the deferred-free hook */
   bool in_deferred;    /* the deferred-free hook is running on this thread */
   uint32_t arena_hint; /* arena to claim fresh pages from first */
-  bmm_heap_t *pool_next; /* link in the recycled-heap pool */
+  bmm_theap_t *pool_next; /* link in the recycled-heap pool */
+  /* A thread's view of a first-class heap (fheap.c) has an owner; a
+   * thread's default heap has none. Views are linked under the owner's
+   * lock and never adopt abandoned pages: every page of a view holds
+   * blocks of its owner only, which bmm_heap_destroy relies on. */
+  struct bmm_heap *owner;
+  bmm_theap_t *view_next;
+  /* Default heaps only: the views this thread used last, by heap id (ids
+   * are never reused, so an entry of a destroyed heap never matches). */
+  struct {
+    uint64_t id;
+    bmm_theap_t *view;
+  } view_cache[BMM_VIEW_CACHE];
+  uint32_t view_cache_next;
 };
 
 #endif /* BMM_TYPES_H */

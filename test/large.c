@@ -184,20 +184,6 @@ static void test_doubling_copies_nothing(void) {
   bmm_free(q);
 }
 
-/* Under ThreadSanitizer the RSS also counts the sanitizer's shadow of every
- * address touched, which giving our pages back does not release: there the
- * purge checks use the allocator's own accounting only. */
-#if defined(__SANITIZE_THREAD__)
-#define RSS_SHOWS_PURGE 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RSS_SHOWS_PURGE 0
-#endif
-#endif
-#ifndef RSS_SHOWS_PURGE
-#define RSS_SHOWS_PURGE 1
-#endif
-
 static size_t rss(void) {
   return bmm__os_rss();
 }
@@ -211,7 +197,7 @@ static size_t committed(void) {
 /* Memory given back: RSS back near `base`, and the allocator's committed
  * bytes back near `base_committed`. */
 static bool returned(size_t base, size_t base_committed) {
-  return committed() <= base_committed + 8 * MiB && (!RSS_SHOWS_PURGE || rss() <= base + 8 * MiB);
+  return committed() <= base_committed + 8 * MiB && (!CHECK_RSS_SHOWS_PURGE || rss() <= base + 8 * MiB);
 }
 
 static void test_purge(void) {

@@ -71,7 +71,7 @@ static void *first_alloc_thread(void *arg) {
   HEAP_OK(); /* the empty heap is trivially fine */
   void *p = bmm_malloc(1);
   CHECK(p != NULL);
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   CHECK(heap != &bmm__heap_empty);
   CHECK_EQ_SZ(heap->tid, bmm__os_thread_id());
   bmm_page_t *page = bmm__page_of(p);
@@ -92,7 +92,7 @@ static void check_direct(void) {
     CHECK(blocks[i] != NULL);
   }
   HEAP_OK();
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   size_t bad_entry = 0, bad_source = 0, bad_size = 0;
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
     size_t cls = bmm__class_of(i * BMM_ALIGN);
@@ -139,14 +139,14 @@ static void *remote_free_thread(void *arg) {
 }
 
 /* The n-th page (from the front) of the full queue that has class cls. */
-static bmm_page_t *full_page(bmm_heap_t *heap, size_t cls, size_t nth) {
+static bmm_page_t *full_page(bmm_theap_t *heap, size_t cls, size_t nth) {
   for (bmm_page_t *p = heap->full.first; p != NULL; p = p->next)
     if (p->class_idx == cls && nth-- == 0) return p;
   return NULL;
 }
 
 static void check_full_and_delayed(void) {
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   size_t cls = bmm__class_of(48);
   size_t per_page = BMM_UNIT_SIZE / 48;
   n48 = 4 * per_page + 10;
@@ -307,7 +307,7 @@ static void *adopting_thread(void *arg) {
   CHECK(bmm__heap_tls == &bmm__heap_empty);
   void *p = bmm_malloc(ABANDON_SIZE);
   CHECK(p != NULL);
-  bmm_heap_t *heap = bmm__heap_tls;
+  bmm_theap_t *heap = bmm__heap_tls;
   uintptr_t me = bmm__os_thread_id();
   *adopted_by = me;
   bool from_adopted = false;

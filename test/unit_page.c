@@ -34,7 +34,7 @@
 #include "../src/internal.h" /* src/ is not on the test targets' include path */
 #include "check.h"
 
-static bmm_heap_t fake_heap; /* zeroed, only tid is set: page.c reads no more */
+static bmm_theap_t fake_heap; /* zeroed, only tid is set: page.c reads no more */
 static uint32_t arena_hint;
 
 static size_t list_len(const bmm_block_t *b, size_t limit) {

@@ -165,6 +165,20 @@ int64_t bmm__os_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+bool bmm__os_random(void *buf, size_t n) {
+  /* The raw system call: glibc's getrandom wrapper may be missing, and
+   * this runs inside the first malloc, where nothing may allocate. */
+  uint8_t *p = buf;
+  while (n > 0) {
+    long got = syscall(SYS_getrandom, p, n, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= (size_t)got;
+  }
+  return true;
+}
+
 bool bmm__os_reset(void *addr, size_t size) {
   return madvise(addr, size, MADV_DONTNEED) == 0;
 }

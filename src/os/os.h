@@ -63,6 +63,10 @@ int64_t bmm__os_now_ms(void);
  * accessible; for metadata that must stay readable. */
 bool bmm__os_reset(void *addr, size_t size);
 
+/* Fill buf with n bytes from the kernel's random source (secure mode's
+ * keys); false when it cannot (the caller mixes in what else it has). */
+bool bmm__os_random(void *buf, size_t n);
+
 /* Change access rights: BMM_PROT_* bits of brainmm.h semantics
  * (1 read, 2 write, 4 exec). Returns 0 or an errno value. */
 int bmm__os_protect(void *addr, size_t size, int rights);

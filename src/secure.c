@@ -1,0 +1,224 @@
+/* secure.c: secure mode (option `secure`), chosen once when the process
+ * initialises, so the default fast paths carry none of it: in secure mode
+ * the direct table stays empty and every page's tid has BMM_TID_SLOW set,
+ * so malloc and free always fall through to the slow paths, which call
+ * here. What it adds, per small or medium block (no header is added):
+ *   - free-list links encoded with the page's secret key and the link's
+ *     own address, and checked when decoded (a forged or overwritten link
+ *     is reported, not followed);
+ *   - a mark word in every free block (second word, keyed): a free that
+ *     finds it is a double free; an allocation that does not find it saw a
+ *     write after free; secure=2 also fills and checks the whole block;
+ *   - a 16-byte canary after the usable size, written when the block is
+ *     handed out and checked when it is freed (overflows past the end);
+ *   - blocks carved onto the free list in random order;
+ *   - the last 4 KiB of every page, and a page after every large block,
+ *     made inaccessible (guard pages);
+ *   - sized frees checked against the block; optional zeroing on free.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+int bmm__secure;
+static uint64_t secret; /* [init] the per-page keys derive from it */
+/* [init] zero_on_free: freed blocks are cleared (and, at level 2,
+ * checked for zero rather than for the free fill). Fixed with the mode: a
+ * block freed under one fill must be checked against that fill. */
+static bool zero_on_free;
+static bool fill_freed;
+
+/* A bijective 64-bit mix (the splitmix64 finaliser constants). */
+static inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, unsigned r) {
+  return (x << (r & 63)) | (x >> ((64 - r) & 63));
+}
+
+void bmm__secure_init(void) {
+  bmm__secure = (int)bmm__options[BMM_OPTION_SECURE];
+  if (!bmm__secure) return;
+  zero_on_free = bmm__options[BMM_OPTION_ZERO_ON_FREE] != 0;
+  fill_freed = zero_on_free || bmm__secure >= 2;
+  /* Without the kernel's randomness, mix what differs between runs
+   * (time, address-space layout); weaker, but never a fixed key. */
+  if (!bmm__os_random(&secret, sizeof secret))
+    secret = mix64((uint64_t)bmm__os_now_ms() ^ (uintptr_t)&secret ^ bmm__os_thread_id());
+}
+
+/* ---- Keys, links and marks ---------------------------------------------- */
+
+/* Both words are keyed and differ per block; a mixing function would add
+ * nothing (anyone who reads a mark can undo a public mix) and costs ten
+ * instructions on every malloc and free. */
+static inline uint64_t free_mark(const bmm_page_t *page, const void *b) {
+  return rotl(page->key ^ (uintptr_t)b, 23);
+}
+
+static inline uint64_t canary(const bmm_page_t *page, const void *b) {
+  return ~page->key ^ (uintptr_t)b;
+}
+
+static inline bool in_page(const bmm_page_t *page, const void *p) {
+  uintptr_t off = (uintptr_t)p - (uintptr_t)page->start;
+  return off < (size_t)page->capacity * page->block_size &&
+         bmm__page_block_index(page, p) < page->capacity;
+}
+
+/* A link is the next block's address xor the key, rotated by key bits,
+ * xor the link's own address: reading one link reveals neither the key
+ * nor how another block's link is written. */
+void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
+  uint64_t enc = rotl((uintptr_t)next ^ page->key, (unsigned)(page->key >> 58)) ^ (uintptr_t)b;
+  b->next = (bmm_block_t *)(uintptr_t)enc;
+}
+
+/* Decoded link of b; a link that leads outside the page's blocks was
+ * overwritten (a write after free): reported, and the list ends here (the
+ * blocks after it are lost rather than trusted). */
+bmm_block_t *bmm__secure_next(const bmm_page_t *page, const bmm_block_t *b) {
+  uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
+  unsigned r = (unsigned)(page->key >> 58);
+  bmm_block_t *next = (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ page->key);
+  if (bmm_likely(next == NULL || in_page(page, next))) return next;
+  bmm__error_block(b, "malloc", "free list corrupted: a freed block was written to",
+                   page->block_size);
+  return NULL;
+}
+
+/* Links of a heap's delayed list (blocks of many pages): keyed with the
+ * process secret; a decoded link must at least lead into BrainMM memory. */
+void bmm__secure_set_next_any(bmm_block_t *b, bmm_block_t *next) {
+  uint64_t enc = rotl((uintptr_t)next ^ secret, (unsigned)(secret >> 58)) ^ (uintptr_t)b;
+  b->next = (bmm_block_t *)(uintptr_t)enc;
+}
+
+bmm_block_t *bmm__secure_next_any(const bmm_block_t *b) {
+  uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
+  unsigned r = (unsigned)(secret >> 58);
+  bmm_block_t *next = (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ secret);
+  if (bmm_likely(next == NULL || (bmm__is_ours(next) && ((uintptr_t)next & 15) == 0))) return next;
+  bmm__error(b, "free", "delayed free list corrupted: a freed block was written to");
+  return NULL;
+}
+
+/* ---- Pages -------------------------------------------------------------- */
+
+void bmm__secure_page_init(bmm_page_t *page) {
+  page->key = mix64(secret ^ (uintptr_t)page->start);
+  bmm__secure_guard_tail(page);
+  size_t room = (size_t)page->units * BMM_UNIT_SIZE - (page->guarded ? BMM_SPAN_PAGE : 0);
+  page->reserved = (uint32_t)(room / page->block_size);
+}
+
+/* Make the last 4 KiB of the page's units inaccessible. Without it (the
+ * kernel refused, e.g. out of mappings) the page simply has no guard. */
+void bmm__secure_guard_tail(bmm_page_t *page) {
+  uint8_t *end = page->start + (size_t)page->units * BMM_UNIT_SIZE;
+  page->guarded = bmm__os_protect(end - BMM_SPAN_PAGE, BMM_SPAN_PAGE, BMM_PROT_NONE) == 0;
+}
+
+/* Before the units go back to the arena. */
+void bmm__secure_unguard(bmm_page_t *page) {
+  uint8_t *end = page->start + (size_t)page->units * BMM_UNIT_SIZE;
+  bmm__os_protect(end - BMM_SPAN_PAGE, BMM_SPAN_PAGE, BMM_PROT_READ | BMM_PROT_WRITE);
+  page->guarded = 0;
+}
+
+static void mark_free(const bmm_page_t *page, void *p) {
+  uint64_t *w = p;
+  if (fill_freed)
+    memset(w + 2, zero_on_free ? 0 : BMM_DEBUG_FILL_FREE, page->block_size - 2 * sizeof *w);
+  w[1] = free_mark(page, p);
+}
+
+/* n fresh blocks from `first` onto the page's free list in random order:
+ * a program cannot predict which block follows which. */
+void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n) {
+  uint16_t order[BMM_SPAN_PAGE / BMM_ALIGN]; /* one extension: a 4 KiB page */
+  if (n > sizeof order / sizeof order[0]) n = sizeof order / sizeof order[0];
+  uint64_t rng = mix64(page->key ^ page->capacity);
+  for (size_t i = 0; i < n; i++)
+    order[i] = (uint16_t)i;
+  for (size_t i = n - 1; i > 0; i--) {
+    rng = mix64(rng + 0x9e3779b97f4a7c15ull);
+    size_t j = rng % (i + 1);
+    uint16_t t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+  size_t bs = page->block_size;
+  bmm_block_t *next = page->free;
+  for (size_t i = n; i-- > 0;) {
+    bmm_block_t *b = (bmm_block_t *)(first + order[i] * bs);
+    mark_free(page, b);
+    bmm__secure_set_next(page, b, next);
+    next = b;
+  }
+  page->free = next;
+}
+
+/* ---- Allocation and free -------------------------------------------------- */
+
+/* Pop the first free block of `page` (which has one), checking that it
+ * was not written while free, and arm its canary. */
+void *bmm__secure_pop(bmm_page_t *page) {
+  bmm_block_t *b = page->free;
+  uint64_t *w = (uint64_t *)b;
+  size_t bs = page->block_size;
+  page->free = bmm__secure_next(page, b);
+  bool intact = w[1] == free_mark(page, b);
+  if (intact && bmm__secure >= 2) {
+    uint8_t fill = zero_on_free ? 0 : BMM_DEBUG_FILL_FREE;
+    for (size_t i = 2 * sizeof *w; i < bs && intact; i++)
+      intact = ((uint8_t *)b)[i] == fill;
+  }
+  if (bmm_unlikely(!intact))
+    bmm__error_block(b, "malloc", "a freed block was written to (use after free)", bs);
+  w[0] = w[1] = 0; /* no link or mark leaks to the program */
+  uint64_t *c = (uint64_t *)((uint8_t *)b + bs - BMM_CANARY);
+  c[0] = c[1] = canary(page, b);
+  page->used++;
+  return b;
+}
+
+/* Checks a block that is being freed (by any thread): false when it is
+ * free already (reported; the caller must not free it again). An
+ * overwritten canary is reported, and the block is freed all the same. */
+bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call) {
+  uint64_t *w = p;
+  size_t bs = page->block_size;
+  if (bmm_unlikely(w[1] == free_mark(page, p))) {
+    bmm__error_block(p, call, "double free", bs);
+    return false;
+  }
+  uint64_t *c = (uint64_t *)((uint8_t *)p + bs - BMM_CANARY);
+  uint64_t want = canary(page, p);
+  if (bmm_unlikely(c[0] != want || c[1] != want))
+    bmm__error_block(p, call, "heap buffer overflow: the canary after the block was overwritten",
+                     bs);
+  mark_free(page, p);
+  return true;
+}
+
+/* free_sized and sized delete: the size must be one the block could have
+ * been allocated for: one of its size class, or (realloc keeps a block
+ * that shrinks to half of it or more) at least half of it. */
+void bmm__secure_check_size(void *p, size_t size, const char *call) {
+  bmm_page_t *page = bmm__page_of(p);
+  size_t usable = bmm__usable_size_checked(p, NULL);
+  if (page == NULL || usable == 0) return; /* free reports it */
+  bool ok = size <= usable;
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && page->align_log == 0)
+    ok = ok && (bmm__class_of(bmm__class_request(size)) == page->class_idx || size >= usable / 2);
+  if (bmm_unlikely(!ok))
+    bmm__error_block(p, call, "size does not match the block being freed",
+                     kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM ? page->block_size : usable);
+}
