@@ -2,16 +2,22 @@
  * (format: src/trace_format.h) and measures the allocator that serves it.
  *
  *   bmm-replay TRACE [--threads N] [--touch pages|ends|none]
- *   bmm-replay TRACE --fixed-heap BYTES [--heap firstfit|bmm-rheap] [--rheap-locked N]
- *              [--check-heap]
+ *   bmm-replay TRACE --fixed-heap BYTES [--heap firstfit|bmm-fixed|bmm-rheap]
+ *              [--rheap-locked N] [--check-heap]
  *   bmm-replay TRACE --info
  *
  * Owns: loading a trace (validating it and putting every record in one
  * global order), replay through the process's malloc (one thread, or one
  * replay thread per recorded thread), the fixed-heap mode with its heap
  * interface, the first-fit heap that is the interface's first
- * implementation, and the adapter that replays into BrainMM's relocatable
- * heap (bmm_rheap_*, src/rheap.c), the only BrainMM code linked in.
+ * implementation, and the adapters that replay into BrainMM's fixed heap
+ * (bmm_heap_new_fixed and bmm_heap_*, src/fheap.c and src/fixed.c) and
+ * relocatable heap (bmm_rheap_*, src/rheap.c), the only BrainMM code that
+ * runs. BrainMM comes from the static library without the malloc override
+ * (brainmm_internal, see tools/CMakeLists.txt): malloc, calloc, realloc
+ * and free stay the process's own (the C library's, or a preloaded
+ * allocator's), so the malloc replay measures the same allocator whether
+ * or not the fixed-heap code is linked in.
  *
  * Loading. The file is mapped and decoded with a running clock (a TIME
  * record sets it, other records advance it, see trace_format.h). Each
@@ -61,6 +67,7 @@
 #include <unistd.h>
 
 #include "brainmm.h"
+#include "fixed.h" /* bmm__fixed_find, _usage, _check: src/fixed.c */
 #include "trace_format.h"
 
 /* src/rheap.c internals (prototypes in src/internal.h). */
@@ -733,6 +740,8 @@ typedef struct replay_heap_s {
   void (*destroy)(void *heap);
   /* align is a power of two, 0 for the default (16) */
   void *(*alloc)(void *heap, size_t size, size_t align);
+  /* Optional: a block of zeroes; without it, alloc and the replay's memset. */
+  void *(*calloc)(void *heap, size_t size);
   /* NULL when it cannot grow; p then stays valid. p is never NULL. */
   void *(*realloc)(void *heap, void *p, size_t size);
   void (*free)(void *heap, void *p);
@@ -1065,6 +1074,126 @@ static bool ff_check(void *heap) {
   return ok;
 }
 
+/* ---- bmm-fixed: BrainMM's fixed heap --------------------------------- */
+
+/* The heap's memory is one mapping of the given size handed to
+ * bmm_heap_new_fixed, which lays out its header, the bin heads and every
+ * block inside it. Requests go through the public API as a program would
+ * make them: bmm_heap_malloc, bmm_heap_calloc, bmm_heap_malloc_aligned for
+ * alignments beyond 16, bmm_heap_realloc, and bmm_free (which finds the
+ * block's heap through fixed.c's registry). realloc to 0 bytes asks for 1
+ * byte: bmm_heap_realloc(p, 0) frees the block, while the trace's object
+ * lives on with size 0, as it does in the other heaps.
+ *
+ * Used bytes: what the heap's own layout takes (BYTES minus the largest
+ * block it could hand out, bmm__fixed_usage's capacity, minus one block
+ * header) plus each live block, i.e. its usable bytes plus its 8-byte
+ * header (fixed.c: "A live block costs 8 bytes"). The usable bytes come
+ * from bmm__fixed_usage, the block count is kept here. */
+#define BF_BLOCK_HEADER 8 /* src/fixed.c HDR_SIZE */
+
+typedef struct bf_replay_s {
+  bmm_heap_t *heap;
+  bmm_fixed_t *fixed; /* the allocator inside heap, for usage and check */
+  void *buf;
+  size_t bytes;
+  size_t layout; /* bytes of the heap's own layout (header, bin heads, sentinel) */
+  size_t blocks; /* live blocks */
+} bf_replay_t;
+
+static void *bf_create(size_t bytes) {
+  bf_replay_t *r = table_alloc(sizeof *r);
+  r->buf = table_alloc(bytes);
+  r->bytes = bytes;
+  r->heap = bmm_heap_new_fixed(r->buf, bytes);
+  /* the registry knows the range after the heap's header, which holds the
+   * last byte of the mapping */
+  r->fixed = r->heap ? bmm__fixed_find((unsigned char *)r->buf + bytes - 1) : NULL;
+  if (r->heap == NULL || r->fixed == NULL) {
+    fprintf(stderr, "%s: bmm_heap_new_fixed(%zu bytes): %s\n", g_prog, bytes,
+            r->heap ? "heap not found in the registry" : strerror(errno));
+    if (r->heap) bmm_heap_destroy(r->heap);
+    table_free(r->buf, bytes);
+    table_free(r, sizeof *r);
+    return NULL;
+  }
+  size_t capacity = 0;
+  bmm__fixed_usage(r->fixed, &capacity, NULL);
+  r->layout = bytes - capacity - BF_BLOCK_HEADER;
+  return r;
+}
+
+static void bf_destroy(void *heap) {
+  bf_replay_t *r = heap;
+  bmm_heap_destroy(r->heap);
+  table_free(r->buf, r->bytes);
+  table_free(r, sizeof *r);
+}
+
+static void *bf_alloc(void *heap, size_t size, size_t align) {
+  bf_replay_t *r = heap;
+  void *p =
+      align > 16 ? bmm_heap_malloc_aligned(r->heap, size, align) : bmm_heap_malloc(r->heap, size);
+  if (p != NULL) r->blocks++;
+  return p;
+}
+
+static void *bf_calloc(void *heap, size_t size) {
+  bf_replay_t *r = heap;
+  void *p = bmm_heap_calloc(r->heap, 1, size);
+  if (p != NULL) r->blocks++;
+  return p;
+}
+
+static void *bf_realloc(void *heap, void *p, size_t size) {
+  return bmm_heap_realloc(((bf_replay_t *)heap)->heap, p, size ? size : 1);
+}
+
+static void bf_free(void *heap, void *p) {
+  if (p == NULL) return;
+  bmm_free(p);
+  ((bf_replay_t *)heap)->blocks--;
+}
+
+static size_t bf_used_bytes(void *heap) {
+  bf_replay_t *r = heap;
+  size_t live = 0;
+  bmm__fixed_usage(r->fixed, NULL, &live);
+  return r->layout + live + r->blocks * BF_BLOCK_HEADER;
+}
+
+typedef struct bf_tally_s {
+  size_t blocks, usable;
+} bf_tally_t;
+
+static bool bf_tally(const void *block, size_t usable, void *arg) {
+  (void)block;
+  bf_tally_t *t = arg;
+  t->blocks++;
+  t->usable += usable;
+  return true;
+}
+
+/* fixed.c's own walk, then bmm_heap_visit against the replay's count and
+ * fixed.c's live bytes. */
+static bool bf_check(void *heap) {
+  bf_replay_t *r = heap;
+  if (!bmm__fixed_check(r->fixed)) {
+    fprintf(stderr, "%s: bmm-fixed: bmm__fixed_check found a broken invariant\n", g_prog);
+    return false;
+  }
+  bf_tally_t t = {0, 0};
+  size_t live = 0;
+  bmm__fixed_usage(r->fixed, NULL, &live);
+  if (!bmm_heap_visit(r->heap, bf_tally, &t) || t.blocks != r->blocks || t.usable != live) {
+    fprintf(stderr,
+            "%s: bmm-fixed: bmm_heap_visit saw %zu blocks of %zu bytes, expected %zu of %zu\n",
+            g_prog, t.blocks, t.usable, r->blocks, live);
+    return false;
+  }
+  return true;
+}
+
 /* ---- bmm-rheap: BrainMM's relocatable heap ------------------------------ */
 
 /* Every trace object is a handle into one bmm_rheap_t built in a buffer of
@@ -1216,9 +1345,11 @@ static void rh_compaction(void *heap, size_t *count, size_t *bytes, double *seco
 
 static const replay_heap_t replay_heaps[] = {
     {"firstfit", "address-ordered first fit with coalescing over one buffer (built in)", ff_create,
-     ff_destroy, ff_alloc, ff_realloc, ff_free, ff_used_bytes, ff_check, NULL, NULL, NULL},
+     ff_destroy, ff_alloc, NULL, ff_realloc, ff_free, ff_used_bytes, ff_check, NULL, NULL, NULL},
+    {"bmm-fixed", "BrainMM's fixed heap (bmm_heap_new_fixed) in one buffer", bf_create, bf_destroy,
+     bf_alloc, bf_calloc, bf_realloc, bf_free, bf_used_bytes, bf_check, NULL, NULL, NULL},
     {"bmm-rheap", "BrainMM's relocatable heap (handles, compaction) in one buffer", rh_create,
-     rh_destroy, rh_alloc, rh_realloc, rh_free, rh_used_bytes, rh_check, rh_lock, rh_unlock,
+     rh_destroy, rh_alloc, NULL, rh_realloc, rh_free, rh_used_bytes, rh_check, rh_lock, rh_unlock,
      rh_compaction},
 };
 
@@ -1248,17 +1379,22 @@ static int run_fixed(const trace_t *t, const replay_heap_t *heap_ops, size_t byt
       s->ptr = NULL;
       s->size_plus1 = 0;
     } else {
-      if (o->op == BMM_TRACE_OP_REALLOC && s->ptr != NULL)
+      bool zeroed = false;
+      if (o->op == BMM_TRACE_OP_REALLOC && s->ptr != NULL) {
         p = heap_ops->realloc(heap, s->ptr, o->size);
-      else
+      } else if (o->op == BMM_TRACE_OP_CALLOC && heap_ops->calloc) {
+        p = heap_ops->calloc(heap, o->size);
+        zeroed = true;
+      } else {
         p = heap_ops->alloc(heap, o->size,
                             o->op == BMM_TRACE_OP_ALIGNED ? (size_t)1 << o->align_log2 : 0);
+      }
       if (p == NULL) {
         failed = o;
         break;
       }
       void *mem = heap_ops->lock ? heap_ops->lock(heap, p) : p;
-      if (o->op == BMM_TRACE_OP_CALLOC) memset(mem, 0, o->size);
+      if (o->op == BMM_TRACE_OP_CALLOC && !zeroed) memset(mem, 0, o->size);
       live = live - (s->size_plus1 ? s->size_plus1 - 1 : 0) + o->size;
       s->ptr = p;
       s->size_plus1 = o->size + 1;
@@ -1283,13 +1419,14 @@ static int run_fixed(const trace_t *t, const replay_heap_t *heap_ops, size_t byt
   printf("RESULT workload=fixed-heap trace=%s heap=%s heap_bytes=%zu ops=%zu replayed_ops=%zu "
          "replayed_pct=%.2f completed=%s failed_op=%s failed_size=%" PRIu64
          " used_bytes=%zu used_pct=%.2f live_bytes=%" PRIu64 " peak_live_bytes=%" PRIu64
-         " peak_used_bytes=%zu seconds=%.6f compactions=%zu compacted_bytes=%zu"
-         " compact_seconds=%.6f\n",
+         " peak_used_bytes=%zu live_pct=%.2f peak_live_pct=%.2f seconds=%.6f compactions=%zu"
+         " compacted_bytes=%zu compact_seconds=%.6f\n",
          t->name, heap_ops->name, bytes, t->nops, i,
          t->nops ? 100.0 * (double)i / (double)t->nops : 100.0, failed ? "no" : "yes",
          failed ? op_name(failed->op) : "none", failed ? failed->size : 0, used,
-         100.0 * (double)used / (double)bytes, live, peak_live, peak_used, seconds, compactions,
-         compacted_bytes, compact_seconds);
+         100.0 * (double)used / (double)bytes, live, peak_live, peak_used,
+         100.0 * (double)live / (double)bytes, 100.0 * (double)peak_live / (double)bytes, seconds,
+         compactions, compacted_bytes, compact_seconds);
   table_free(slots, t->nslots * sizeof *slots);
   heap_ops->destroy(heap);
   return 0;
@@ -1317,16 +1454,24 @@ static void usage(FILE *out) {
           "  --touch MODE     write one byte per page of each block (pages, the default),\n"
           "                   only its first and last byte (ends), or nothing (none)\n"
           "  --fixed-heap B   replay single-threaded into a heap of B bytes (suffixes k, M, G)\n"
-          "                   until the first allocation fails; prints RESULT workload=fixed-heap\n"
-          "                   with the operations replayed and the heap use at that point\n"
+          "                   until the first allocation fails; prints one line:\n"
+          "  RESULT workload=fixed-heap trace= heap= heap_bytes= ops= replayed_ops=\n"
+          "         replayed_pct= completed= failed_op= failed_size= used_bytes= used_pct=\n"
+          "         live_bytes= peak_live_bytes= peak_used_bytes= live_pct= peak_live_pct=\n"
+          "         seconds= compactions= compacted_bytes= compact_seconds=\n"
+          "                   live bytes are the sizes the trace asked for, used bytes what\n"
+          "                   the heap spends on them (headers, its own tables); the values\n"
+          "                   are those at the first failure (or the end), peak_* the\n"
+          "                   highest before it, *_pct of B\n"
           "  --heap NAME      the fixed heap: 'firstfit' (address-ordered first fit with\n"
-          "                   coalescing, built in; the default) or 'bmm-rheap' (BrainMM's\n"
-          "                   relocatable heap: each object a handle, locked while its\n"
-          "                   contents are written, compacted when an allocation finds no\n"
-          "                   room: RESULT's compactions=, compacted_bytes= and\n"
-          "                   compact_seconds= count them; 0 for firstfit). The BrainMM\n"
-          "                   fixed heap ('bmm-fixed') is not implemented yet; any other\n"
-          "                   name is an error\n"
+          "                   coalescing, built in; the default), 'bmm-fixed' (BrainMM's\n"
+          "                   fixed heap: bmm_heap_new_fixed on the B bytes, then\n"
+          "                   bmm_heap_malloc/calloc/realloc/malloc_aligned and bmm_free)\n"
+          "                   or 'bmm-rheap' (BrainMM's relocatable heap: each object a\n"
+          "                   handle, locked while its contents are written, compacted\n"
+          "                   when an allocation finds no room: RESULT's compactions=,\n"
+          "                   compacted_bytes= and compact_seconds= count them; 0 for the\n"
+          "                   others). Any other name is an error\n"
           "  --rheap-locked N with bmm-rheap: the N objects allocated or reallocated last\n"
           "                   stay locked (pinned) until N newer ones come (default 0)\n"
           "  --check-heap     check the fixed heap's invariants after every operation (slow)\n"
@@ -1425,8 +1570,7 @@ int main(int argc, char **argv) {
   }
   const replay_heap_t *heap = find_heap(heap_name);
   if (heap == NULL)
-    die("unknown heap '%s': 'firstfit' and 'bmm-rheap' are implemented (bmm-fixed is not yet)",
-        heap_name);
+    die("unknown heap '%s': the heaps are 'firstfit', 'bmm-fixed' and 'bmm-rheap'", heap_name);
   if (fixed && threads > 1) die("--fixed-heap replays in one thread; drop --threads");
   if (check && !fixed) die("--check-heap goes with --fixed-heap");
   if (g_rheap_locked && (!fixed || strcmp(heap->name, "bmm-rheap") != 0))
