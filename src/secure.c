@@ -175,9 +175,11 @@ void *bmm__secure_pop(bmm_page_t *page) {
   page->free = bmm__secure_next(page, b);
   bool intact = w[1] == free_mark(page, b);
   if (intact && bmm__secure >= 2) {
-    uint8_t fill = zero_on_free ? 0 : BMM_DEBUG_FILL_FREE;
-    for (size_t i = 2 * sizeof *w; i < bs && intact; i++)
-      intact = ((uint8_t *)b)[i] == fill;
+    /* Word by word: blocks are multiples of 16 bytes. */
+    uint64_t fill = zero_on_free ? 0 : 0x0101010101010101ull * BMM_DEBUG_FILL_FREE;
+    uint64_t diff = 0;
+    for (size_t i = 2; i < bs / sizeof *w; i++) diff |= w[i] ^ fill;
+    intact = diff == 0;
   }
   if (bmm_unlikely(!intact))
     bmm__error_block(b, "malloc", "a freed block was written to (use after free)", bs);
