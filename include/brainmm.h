@@ -162,7 +162,7 @@ typedef int bmm_fullness_fn(bmm_rheap_t *rh, int level, void *arg);
 BMM_API void bmm_rheap_notify(bmm_rheap_t *rh, double low, double high, bmm_fullness_fn *fn,
                               void *arg);
 
-/* ---- 10. Introspection and control (the parts implemented so far) ----- */
+/* ---- 10. Introspection and control -------------------------------------- */
 
 /* Statistics: the memory accounting of every arena (reserved, committed,
  * in use, purged), the calling thread's pages per size class, the process's
@@ -170,6 +170,17 @@ BMM_API void bmm_rheap_notify(bmm_rheap_t *rh, double low, double high, bmm_full
  * out NULL: standard error. BMM_SHOW_STATS=1 prints them at exit. */
 typedef void bmm_output_fn(const char *text, void *arg);
 BMM_API void bmm_stats_print(bmm_output_fn *out, void *arg);
+/* Start the counters that accumulate (elapsed and CPU time, page faults,
+ * bytes purged) again from zero; the peak RSS is the kernel's, since start. */
+BMM_API void bmm_stats_reset(void);
+
+/* With option leak_report=1 (BMM_LEAK_REPORT=1, before the first
+ * allocation): the live blocks grouped by the call stack that allocated
+ * them, most bytes first, symbolised; also printed at exit. With
+ * leak_sample=N only about one block per N bytes allocated is recorded (and
+ * the fast paths keep their speed); 0 records every block. Returns the
+ * number of recorded blocks live; out NULL: standard error. */
+BMM_API size_t bmm_leak_report(bmm_output_fn *out, void *arg);
 
 /* Return free memory held by this thread's heap and the arenas to the OS;
  * with force, at once (no purge delay) and adopting dead threads' pages. */

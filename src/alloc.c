@@ -11,6 +11,8 @@
  * class) or aligned (qi = BMM_CLASS_COUNT + the class): drain the delayed
  * frees, find a page of queue qi with a free block, pop it. */
 void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
+  /* leak_sample cut this queue's page list: this is the call to record. */
+  if (bmm_unlikely(heap->leak_page != NULL) && heap->leak_qi == qi) bmm__leak_resume(heap, true);
   if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
     bmm__heap_process_delayed(heap);
   bmm_page_t *page = heap->queues[qi].first;
@@ -22,11 +24,16 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
     }
   }
   bmm_assert_expensive(bmm__page_is_valid(page));
-  if (bmm__secure) return bmm__secure_pop(page);
-  bmm_block_t *block = page->free;
-  page->free = block->next;
-  page->used++;
-  if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+  bmm_block_t *block;
+  if (bmm__secure) {
+    block = bmm__secure_pop(page);
+  } else {
+    block = page->free;
+    page->free = block->next;
+    page->used++;
+    if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+  }
+  if (bmm_unlikely(bmm__leak)) bmm__leak_on_alloc(heap, page, qi, block);
   return block;
 }
 
@@ -42,7 +49,7 @@ bmm_theap_t *bmm__heap_get(void) {
 bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
   if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_get()) == NULL) return NULL;
   size_t need = bmm__class_request(size);
-  if (need > BMM_MEDIUM_MAX) return bmm__large_alloc(size, 0);
+  if (need > BMM_MEDIUM_MAX) return bmm__leak_large(bmm__large_alloc(size, 0), size);
   return bmm__heap_alloc_slow(heap, bmm__class_of(need));
 }
 
@@ -115,7 +122,10 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
   if (page != NULL && usable > BMM_MEDIUM_MAX &&
       atomic_load_explicit(&page->heap, memory_order_relaxed) == NULL) {
     void *q = bmm__large_realloc(p, page, size, mode);
-    if (q != NULL) return q;
+    if (q != NULL) {
+      if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, bmm_usable_size(q));
+      return q;
+    }
   }
   /* Keep the block when the new size fits and does not waste more than
    * half of it (expand keeps it whenever it fits). */

@@ -43,9 +43,9 @@ bmm_inline void *bmm__malloc_fast(size_t size) {
  * class. NULL means "take the slow path"; errno is not touched. */
 bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
   size_t want = (size < align ? align : size + align - 1) & ~(align - 1);
-  /* Secure mode: every allocation goes through its checks. The one
-   * inline path that pays a test for it (a load that stays cached). */
-  if (bmm_unlikely(want > 256 || size > 256 || bmm__secure)) return NULL;
+  /* bmm__all_slow: every allocation takes the slow path. The one inline
+   * path that pays a test for it (a load that stays cached). */
+  if (bmm_unlikely(want > 256 || size > 256 || bmm__all_slow)) return NULL;
   bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
   if (bmm_unlikely(page == NULL)) return NULL;
   bmm_block_t *block = page->free;

@@ -108,7 +108,7 @@ static void *heap_large_alloc(bmm_heap_t *heap, bmm_theap_t *view, size_t size, 
   if (heap->large != NULL) heap->large->prev = page;
   heap->large = page;
   bmm__spin_unlock(&heap->lock);
-  return p;
+  return bmm__leak_large(p, size);
 }
 
 /* free() of a heap's large block, after it claimed the block (kind FREE). */
@@ -253,15 +253,29 @@ BMM_API bmm_heap_t *bmm_heap_new_fixed(void *mem, size_t size) {
   return heap;
 }
 
+static bool forget_block(const void *block, size_t usable, void *arg) {
+  (void)usable;
+  (void)arg;
+  bmm_page_t *page = bmm__page_of_ours(block);
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  bool small = kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM;
+  if (!small || bmm__leak_check_free(page, block))
+    bmm__leak_forget((void *)block, small ? page : NULL);
+  return true;
+}
+
 /* Every page of every view and every large block goes back at once; the
- * memory goes back to the OS now rather than after the purge delay. */
+ * memory goes back to the OS now rather than after the purge delay. Leak
+ * tracking, when on, forgets the heap's blocks one by one first. */
 BMM_API void bmm_heap_destroy(bmm_heap_t *heap) {
   if (heap == NULL || !heap_valid(heap, "bmm_heap_destroy")) return;
-  heap->magic = 0;
   if (heap->fixed != NULL) {
+    heap->magic = 0;
     bmm__fixed_destroy(heap->fixed); /* the memory is the caller's */
     return;
   }
+  if (bmm_unlikely(bmm__leak)) bmm_heap_visit(heap, forget_block, NULL);
+  heap->magic = 0;
   bmm__spin_lock(&heap->lock);
   bmm_theap_t *view = heap->views;
   bmm_page_t *page = heap->large;

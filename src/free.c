@@ -66,6 +66,7 @@ static void free_other(void *p, const char *call, const char *what) {
 bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
+    if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
     if (!bmm__region_block_free(p)) free_other(p, call, "pointer was not allocated by BrainMM");
     return;
   }
@@ -79,17 +80,28 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
     }
     /* Our own page, full (tid bit 0 set) or not. */
     if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
-    if ((atomic_load_explicit(&page->tid, memory_order_relaxed) & ~BMM_TID_FLAGS) ==
-        bmm__os_thread_id())
+    if (bmm__leak_check_free(page, p)) bmm__leak_forget(p, page);
+    uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
+    if ((tid & ~BMM_TID_FLAGS) == bmm__os_thread_id()) {
+      /* leak_sample: the owner gives a page whose recorded blocks are all
+       * gone its fast frees back. */
+      if (bmm_unlikely(bmm__leak == 2) && (tid & BMM_TID_SLOW) &&
+          atomic_load_explicit(&page->sampled, memory_order_relaxed) == 0)
+        atomic_store_explicit(
+            &page->tid,
+            bmm__page_tid(atomic_load_explicit(&page->heap, memory_order_relaxed), page),
+            memory_order_relaxed);
       bmm__free_local(page, p);
-    else
+    } else {
       free_remote(page, (bmm_block_t *)p);
+    }
     return;
   case BMM_PAGE_SPANS:
     if (bmm_unlikely(bmm__span_usable(p, page) == 0)) {
       bmm_fixed_t *fh = bmm__fixed_find(p);
       if (fh != NULL && bmm__fixed_free(fh, p)) return;
     }
+    if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
     bmm__span_free(p, page, call);
     return;
   case BMM_PAGE_LARGE:
@@ -105,6 +117,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       bmm__error(p, call, "double free of a large block");
       return;
     }
+    if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
     if (atomic_load_explicit(&page->heap, memory_order_relaxed) != NULL)
       bmm__fheap_large_unlink(page);
     if (kind == BMM_PAGE_LARGE) bmm__arena_page_free(page);

@@ -47,8 +47,8 @@ static inline bmm_page_queue_t *heap_queue_at(bmm_theap_t *heap, size_t i) {
 /* Point the direct entries of class `cls` at its queue's first page (the
  * direct table serves plain requests only: nothing for aligned queues). */
 static void heap_direct_update(bmm_theap_t *heap, size_t cls) {
-  /* Secure mode keeps the table empty: every malloc takes the slow path. */
-  if (cls >= BMM_CLASS_COUNT || bmm__secure) return;
+  /* bmm__all_slow keeps the table empty: every malloc takes the slow path. */
+  if (cls >= BMM_CLASS_COUNT || bmm__all_slow) return;
   size_t size = bmm__class_size(cls);
   if (size > BMM_SMALL_MAX) return;
   bmm_page_t *page = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
@@ -111,7 +111,7 @@ static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
  * the fast path needs no in_full test of its own. */
 static void page_set_full(bmm_theap_t *heap, bmm_page_t *page, bool full) {
   page->in_full = full;
-  atomic_store_explicit(&page->tid, heap->tid | (uintptr_t)full, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, bmm__page_tid(heap, page), memory_order_relaxed);
 }
 
 /* A page with no free block leaves the search path. From now on the first
@@ -171,7 +171,7 @@ void bmm__heap_process_delayed(bmm_theap_t *heap) {
 
 static void heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
-  atomic_store_explicit(&page->tid, heap->tid, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, bmm__page_tid(heap, page), memory_order_relaxed);
   bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_NEVER);
   bmm__page_collect(page);
   if (page->free == NULL && page->capacity < page->reserved) bmm__page_extend(page);
@@ -264,6 +264,8 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
   heap->heartbeat++;
+  if (bmm__leak == 2 && heap->queues[qi].first != NULL)
+    bmm__leak_count_page(heap, heap->queues[qi].first);
   /* The check build validates this thread's whole heap every 256th visit
    * (here it is consistent; other threads' state cannot be checked without
    * stopping them). */
@@ -330,9 +332,10 @@ static bmm_theap_t *heap_make(void) {
   }
   memset(heap, 0, sizeof *heap);
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) heap->direct[i] = &bmm__page_empty;
-  /* Pages carry their heap's tid: in secure mode one that the free fast
-   * path never matches. */
-  heap->tid = bmm__os_thread_id() | (bmm__secure ? BMM_TID_SLOW : 0);
+  /* Pages carry their heap's tid: with bmm__all_slow, one that the free
+   * fast path never matches. */
+  heap->tid = bmm__os_thread_id() | (bmm__all_slow ? BMM_TID_SLOW : 0);
+  heap->leak_left = (int64_t)bmm__options[BMM_OPTION_LEAK_SAMPLE];
   /* Spread threads over arenas so their page claims touch different
    * bitmap words; the hint is corrected on the first claim. */
   heap->arena_hint = (uint32_t)((heap->tid >> 12) & 3);
@@ -368,6 +371,7 @@ bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner) {
  * on delayed_free are dropped with their pages. No thread may use the view
  * or free into its pages meanwhile (bmm_heap_destroy's contract). */
 void bmm__heap_view_release(bmm_theap_t *view) {
+  view->leak_page = NULL; /* a cut list goes with its page */
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(view, c);
     bmm_page_t *page;
@@ -418,6 +422,7 @@ void bmm__heap_thread_done(void *arg) {
   if (heap == NULL || heap == &bmm__heap_empty ||
       (heap->tid & ~BMM_TID_FLAGS) != bmm__os_thread_id())
     return;
+  if (heap->leak_page != NULL) bmm__leak_resume(heap, false);
   heap_set_all_delayed(heap, BMM_DF_NEVER, 0xF);
   bmm__heap_process_delayed(heap);
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
@@ -484,8 +489,10 @@ bool bmm__heap_check(bmm_theap_t *heap) {
     for (bmm_page_t *page = q->first; page != NULL; prev = page, page = page->next) {
       if (page->prev != prev || !bmm__page_is_valid(page)) return false;
       if (atomic_load_explicit(&page->heap, memory_order_relaxed) != heap) return false;
-      if (atomic_load_explicit(&page->tid, memory_order_relaxed) != (heap->tid | page->in_full))
-        return false;
+      /* leak_sample sets BMM_TID_SLOW as it records, clears it lazily. */
+      uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
+      uintptr_t lax = bmm__leak == 2 ? BMM_TID_SLOW : 0;
+      if ((tid | lax) != (heap->tid | page->in_full | lax)) return false;
       if (c < BMM_QUEUE_COUNT ? (page_queue_index(page) != c || page->in_full) : !page->in_full)
         return false;
     }
@@ -494,7 +501,7 @@ bool bmm__heap_check(bmm_theap_t *heap) {
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) {
     size_t cls = bmm__class_of(i * BMM_ALIGN);
     bmm_page_t *want = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
-    if (heap->direct[i] != (bmm__secure ? &bmm__page_empty : want)) return false;
+    if (heap->direct[i] != (bmm__all_slow ? &bmm__page_empty : want)) return false;
   }
   return true;
 }

@@ -11,6 +11,8 @@
  */
 #include "internal.h"
 
+bool bmm__all_slow;
+
 enum { INIT_NONE, INIT_RUNNING, INIT_DONE };
 static atomic_int init_state;
 static _Atomic(uintptr_t) init_thread;
@@ -41,6 +43,8 @@ void bmm__process_init(void) {
   options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
   bmm__options_init();
   bmm__secure_init(); /* before any page exists: it shapes them all */
+  bmm__leak_init();
+  bmm__all_slow = bmm__secure || bmm__leak == 1;
   if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
   bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);
@@ -58,9 +62,12 @@ __attribute__((constructor)) static void init_constructor(void) {
   /* The first malloc may have run before the environment was set up. */
   if (!options_seen_env) {
     bmm__options_init();
-    if (bmm__options[BMM_OPTION_SECURE] != bmm__secure) {
-      bmm__warning("option secure must be set before the first allocation; ignored", NULL);
+    if (bmm__options[BMM_OPTION_SECURE] != bmm__secure ||
+        (bmm__options[BMM_OPTION_LEAK_REPORT] != 0) != (bmm__leak != 0)) {
+      bmm__warning("options secure and leak_report must be set before the first allocation",
+                   NULL);
       bmm__options[BMM_OPTION_SECURE] = bmm__secure;
+      bmm__options[BMM_OPTION_LEAK_REPORT] = bmm__leak != 0;
     }
     if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr();
   }

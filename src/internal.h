@@ -174,15 +174,22 @@ bool bmm__page_is_valid(const bmm_page_t *page);
 bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_fn *fn,
                      void *arg);
 
+/* ---- Modes that take every call through the slow paths (init.c) -------- */
+/* Set when the process initialises, before any page exists, for secure
+ * mode and for leak tracking of every block: the direct table then stays
+ * empty and heap tids carry BMM_TID_SLOW, so the inline fast paths always
+ * fall through to the slow paths, where the modes do their work; the
+ * default fast paths carry no test for them. */
+extern bool bmm__all_slow;
+
 /* ---- secure.c: secure mode --------------------------------------------- */
-/* 0 off, 1 on, 2 also whole freed blocks checked; fixed when the process
- * initialises (before any page exists) and read only by slow paths: in
- * secure mode the direct table stays empty and page tids carry
- * BMM_TID_SLOW, so the inline fast paths always fall through to them. */
+/* 0 off, 1 on, 2 also whole freed blocks checked; fixed at initialisation
+ * and read only by slow paths. */
 extern int bmm__secure;
-/* Bit 1 of a secure heap's tid: no thread id has it (ids are TCB
- * addresses), so the free fast path's compare always fails. Bit 0 is
- * in_full (heap.c). */
+/* Bit 1 of a tid: no thread id has it (ids are TCB addresses), so the free
+ * fast path's compare always fails: set in every heap's tid when
+ * bmm__all_slow, and in a page's tid while it holds a block leak_sample
+ * recorded. Bit 0 is in_full (heap.c). */
 #define BMM_TID_SLOW ((uintptr_t)2)
 #define BMM_TID_FLAGS ((uintptr_t)3)
 /* Bytes after each small block's usable size that hold its canary. */
@@ -237,6 +244,41 @@ bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call);
 void bmm__secure_guard_tail(bmm_page_t *page);
 void bmm__secure_unguard(bmm_page_t *page);
 void bmm__secure_check_size(void *p, size_t size, const char *call);
+
+/* ---- leak.c: leak reports ------------------------------------------------ */
+/* 0 off, 1 every block recorded, 2 sampled (leak_sample bytes); fixed at
+ * initialisation. */
+extern int bmm__leak;
+void bmm__leak_init(void);
+bool bmm__leak_want(bmm_theap_t *heap, size_t bytes);
+void *bmm__leak_large(void *p, size_t size);
+void bmm__leak_on_alloc(bmm_theap_t *heap, bmm_page_t *page, size_t qi, void *block);
+void bmm__leak_resume(bmm_theap_t *heap, bool record);
+void bmm__leak_count_page(bmm_theap_t *heap, bmm_page_t *page);
+void bmm__leak_record(void *p, size_t size, bmm_page_t *page);
+void bmm__leak_forget(void *p, bmm_page_t *page);
+void bmm__leak_moved(void *from, void *to, size_t size);
+
+/* The tid a page of `heap` carries: the heap's, with in_full in bit 0 and
+ * BMM_TID_SLOW while it holds a block that leak_sample recorded. */
+bmm_inline uintptr_t bmm__page_tid(const bmm_theap_t *heap, const bmm_page_t *page) {
+  uintptr_t slow = atomic_load_explicit(&page->sampled, memory_order_relaxed) ? BMM_TID_SLOW : 0;
+  return heap->tid | page->in_full | slow;
+}
+
+/* page->sampled_at when the page holds more than one recorded block. */
+#define BMM_SAMPLED_ANY UINT16_MAX
+
+/* A free of p (of small/medium `page`) must drop a leak record first: with
+ * leak_sample, only when the page holds a record, and (the usual case of a
+ * single one) only for that block. */
+bmm_inline bool bmm__leak_check_free(const bmm_page_t *page, const void *p) {
+  if (bmm_likely(!bmm__leak)) return false;
+  if (bmm__leak == 1) return true;
+  if (atomic_load_explicit(&page->sampled, memory_order_relaxed) == 0) return false;
+  uint16_t at = atomic_load_explicit(&page->sampled_at, memory_order_relaxed);
+  return at == BMM_SAMPLED_ANY || at == bmm__page_block_index(page, p);
+}
 
 /* ---- heap.c ---------------------------------------------------------- */
 extern bmm_theap_t bmm__heap_empty;
@@ -311,6 +353,8 @@ typedef enum bmm_option_e {
   BMM_OPTION_STATS_JSON,
   BMM_OPTION_SECURE,
   BMM_OPTION_ZERO_ON_FREE,
+  BMM_OPTION_LEAK_REPORT,
+  BMM_OPTION_LEAK_SAMPLE,
   BMM_OPTION_COUNT
 } bmm_option_t;
 extern long bmm__options[BMM_OPTION_COUNT];

@@ -32,6 +32,12 @@ static const bmm_option_desc_t option_desc[BMM_OPTION_COUNT] = {
                            "1: encoded free lists, guard pages, canaries, double-free and "
                            "use-after-free checks; 2: also check whole freed blocks (fixed "
                            "at the first allocation)"},
+    [BMM_OPTION_LEAK_REPORT] = {"leak_report", 0, 0, 1,
+                                "record live blocks by call stack; report them at exit (and "
+                                "on bmm_leak_report)"},
+    [BMM_OPTION_LEAK_SAMPLE] = {"leak_sample", 0, 0, (long)1 << 40,
+                                "leak_report: record about one block per this many bytes "
+                                "(0: every block; then every call takes the slow path)"},
     [BMM_OPTION_ZERO_ON_FREE] = {"zero_on_free", 0, 0, 1,
                                  "secure mode: clear blocks when they are freed (fixed at "
                                  "the first allocation)"},
@@ -48,6 +54,8 @@ long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_STATS_JSON] = 0,
     [BMM_OPTION_SECURE] = 0,
     [BMM_OPTION_ZERO_ON_FREE] = 0,
+    [BMM_OPTION_LEAK_REPORT] = 0,
+    [BMM_OPTION_LEAK_SAMPLE] = 0,
 };
 
 /* Index of the option named by the first `len` bytes of `name`, compared
@@ -140,9 +148,11 @@ BMM_API long bmm_option_get(const char *name) {
 BMM_API int bmm_option_set(const char *name, long value) {
   int idx = name ? option_find(name, strlen(name)) : -1;
   if (idx < 0 || value < option_desc[idx].min || value > option_desc[idx].max) return EINVAL;
-  /* Secure mode shapes every page (and its fill every freed block): it
-   * cannot change once pages exist. */
-  if ((idx == BMM_OPTION_SECURE || idx == BMM_OPTION_ZERO_ON_FREE) &&
+  /* Secure mode shapes every page (and its fill every freed block), and
+   * leak tracking must see every block it may be asked about: they cannot
+   * change once pages exist. */
+  if ((idx == BMM_OPTION_SECURE || idx == BMM_OPTION_ZERO_ON_FREE ||
+       idx == BMM_OPTION_LEAK_REPORT || idx == BMM_OPTION_LEAK_SAMPLE) &&
       bmm__process_is_initialized() && value != bmm__options[idx])
     return EBUSY;
   bmm__options[idx] = value;

@@ -38,6 +38,9 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   page->used = 0;
   page->free = page->local_free = NULL;
   page->in_full = 0;
+  page->installed = 0;
+  atomic_store_explicit(&page->sampled_at, 0, memory_order_relaxed);
+  atomic_store_explicit(&page->sampled, 0, memory_order_relaxed);
   page->next = page->prev = NULL;
   atomic_store_explicit(&page->thread_free, BMM_DF_NORMAL, memory_order_relaxed);
   atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
@@ -55,6 +58,7 @@ void bmm__page_extend(bmm_page_t *page) {
   if (n == 0) n = 1;
   if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
   uint8_t *first = page->start + (size_t)page->capacity * bs;
+  page->installed = (uint16_t)(page->installed + n < UINT16_MAX ? page->installed + n : UINT16_MAX);
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
     page->capacity += (uint32_t)n;
@@ -100,6 +104,9 @@ size_t bmm__page_take_thread_free(bmm_page_t *page) {
 void bmm__page_collect(bmm_page_t *page) {
   bmm__page_take_thread_free(page);
   if (page->free == NULL) {
+    size_t more = page->capacity - page->used; /* = |local_free| */
+    page->installed =
+        (uint16_t)(page->installed + more < UINT16_MAX ? page->installed + more : UINT16_MAX);
     page->free = page->local_free;
     page->local_free = NULL;
   }

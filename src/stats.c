@@ -15,62 +15,7 @@
 #include <string.h>
 
 #include "internal.h"
-
-typedef struct out_s {
-  bmm_output_fn *fn;
-  void *arg;
-  char buf[512];
-  size_t len;
-} out_t;
-
-static void out_flush(out_t *o) {
-  if (o->len == 0) return;
-  o->buf[o->len] = 0;
-  if (o->fn != NULL) o->fn(o->buf, o->arg);
-  else bmm__os_write_stderr(o->buf, o->len);
-  o->len = 0;
-}
-
-static void out_str(out_t *o, const char *s) {
-  for (; *s; s++) {
-    if (o->len >= sizeof o->buf - 1) out_flush(o);
-    o->buf[o->len++] = *s;
-    if (*s == '\n') out_flush(o);
-  }
-}
-
-/* Decimal, right-aligned in `width` columns (0: as is). */
-static void out_num(out_t *o, unsigned long long v, int width) {
-  char tmp[24];
-  tmp[sizeof tmp - 1] = 0;
-  char *p = bmm__fmt_dec(tmp + sizeof tmp - 1, v);
-  for (int pad = width - (int)(tmp + sizeof tmp - 1 - p); pad > 0; pad--) out_str(o, " ");
-  out_str(o, p);
-}
-
-/* Bytes in KiB, MiB or GiB with one decimal, right-aligned in 10 columns. */
-static void out_bytes(out_t *o, size_t b) {
-  static const char *const unit[] = {" B", " KiB", " MiB", " GiB", " TiB"};
-  int u = 0;
-  unsigned long long whole = b, tenths = 0;
-  while (whole >= 1024 && u < 4) {
-    tenths = (whole % 1024) * 10 / 1024;
-    whole /= 1024;
-    u++;
-  }
-  char tmp[32], digits[24];
-  size_t n = 0;
-  digits[sizeof digits - 1] = 0;
-  for (const char *p = bmm__fmt_dec(digits + sizeof digits - 1, whole); *p; p++) tmp[n++] = *p;
-  if (u > 0) {
-    tmp[n++] = '.';
-    tmp[n++] = (char)('0' + tenths);
-  }
-  for (const char *s = unit[u]; *s; s++) tmp[n++] = *s;
-  tmp[n] = 0;
-  for (int pad = 12 - (int)n; pad > 0; pad--) out_str(o, " ");
-  out_str(o, tmp);
-}
+#include "textout.h"
 
 /* The four columns of one row of the memory table. */
 static void out_mem_row(out_t *o, const bmm_mem_stats_t *st) {
@@ -90,9 +35,36 @@ static void out_secs(out_t *o, long long us) {
   out_num(o, (unsigned long long)ms, 0);
 }
 
+/* What bmm_stats_reset saw: the accumulating counters count from it. */
+static bmm_os_process_info_t base;
+static size_t purged_base;
+
+/* The process's figures since the last reset. */
+static void process_info(bmm_os_process_info_t *pi) {
+  bmm__os_process_info(pi);
+  pi->elapsed_us -= base.elapsed_us;
+  pi->user_us -= base.user_us;
+  pi->system_us -= base.system_us;
+  pi->minor_faults -= base.minor_faults;
+  pi->major_faults -= base.major_faults;
+}
+
+BMM_API void bmm_stats_reset(void) {
+  bmm_mem_stats_t st;
+  bmm__os_process_info(&base);
+  bmm__mem_stats(&st);
+  purged_base = st.purged;
+}
+
+/* The whole process's memory accounting, purged bytes since the reset. */
+static void mem_stats(bmm_mem_stats_t *st) {
+  bmm__mem_stats(st);
+  st->purged = st->purged >= purged_base ? st->purged - purged_base : 0;
+}
+
 static void print_text(out_t *o) {
   bmm_os_process_info_t pi;
-  bmm__os_process_info(&pi);
+  process_info(&pi);
   out_str(o, "BrainMM statistics\n");
   out_str(o, "  elapsed ");
   out_secs(o, pi.elapsed_us);
@@ -118,7 +90,7 @@ static void print_text(out_t *o) {
     out_mem_row(o, &st);
     out_str(o, "\n");
   }
-  bmm__mem_stats(&st);
+  mem_stats(&st);
   out_str(o, "  total      ");
   out_mem_row(o, &st);
   out_str(o, "\n  (totals include huge blocks; large blocks are inside the arenas)\n");
@@ -149,7 +121,7 @@ static void json_field(out_t *o, const char *name, unsigned long long v, bool co
 
 static void print_json(out_t *o) {
   bmm_os_process_info_t pi;
-  bmm__os_process_info(&pi);
+  process_info(&pi);
   out_str(o, "{\"process\": {");
   json_field(o, "elapsed_us", (unsigned long long)pi.elapsed_us, true);
   json_field(o, "user_us", (unsigned long long)pi.user_us, true);
@@ -172,7 +144,7 @@ static void print_json(out_t *o) {
     json_field(o, "purged", st.purged, false);
     out_str(o, "}");
   }
-  bmm__mem_stats(&st);
+  mem_stats(&st);
   out_str(o, "],\n \"total\": {");
   json_field(o, "reserved", st.reserved, true);
   json_field(o, "committed", st.committed, true);

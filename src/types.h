@@ -129,11 +129,12 @@ struct bmm_page_s {
   uint8_t block_shift;        /* [init] trailing zero bits of block_size */
   uint8_t align_log;          /* [init] aligned pages: the class's natural alignment, log2 */
   uint8_t guarded;            /* [init] secure mode: the page's last 4 KiB are PROT_NONE */
-  uint8_t unused8;
+  _Atomic(uint8_t) sampled;   /* [atomic] leak_sample: live recorded blocks (255: sticky) */
   uint32_t capacity;          /* [owner] blocks carved so far */
   /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */
-  uint32_t unused32;
+  uint16_t installed;         /* [owner] blocks put on `free` since the slow path last looked */
+  _Atomic(uint16_t) sampled_at; /* [atomic] leak_sample: the recorded block's index, or ANY */
   size_t block_size;          /* [init] bytes per block (usable size) */
   _Atomic(uintptr_t) thread_free; /* [atomic] remote frees | BMM_DF_* */
   _Atomic(bmm_theap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
@@ -248,6 +249,17 @@ struct bmm_theap_s {
     bmm_theap_t *view;
   } view_cache[BMM_VIEW_CACHE];
   uint32_t view_cache_next;
+  /* leak_sample (leak.c): bytes to go before the next record, and a cut
+   * free list: the allocation that finds page leak_page's list empty is
+   * the one to record; leak_rest (leak_rest_n blocks, counted as used
+   * meanwhile) is then put back. */
+  int64_t leak_left;
+  uint64_t leak_rng;
+  bmm_page_t *leak_page;
+  bmm_block_t *leak_rest;
+  uint32_t leak_rest_n;
+  uint32_t leak_qi;
+  bool leak_record_next;
 };
 
 #endif /* BMM_TYPES_H */

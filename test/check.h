@@ -16,6 +16,8 @@
  *                            counts are added to ours.
  *   check_cases_main(...)    a main for tests made of named cases, each
  *                            run in a child (or one, named, in-process).
+ *   check_rerun(argv0, mode, NAME1, v1, NAME2, v2)  this program again in
+ *                            another environment (modes chosen at start).
  *   check_rand(&state)       xorshift64*: deterministic pseudo-random
  *                            numbers for randomised tests (state != 0).
  *   check_failed_count()     failures so far (a forked child reports them
@@ -290,6 +292,47 @@ static inline int check_cases_main(const char *prog, const check_case_t *cases, 
   for (size_t i = 0; i < n; i++)
     check_run_case(prog, &cases[i]);
   return check_done();
+}
+
+/* Runs this program again (/proc/self/exe, argv {argv0, mode}) with two
+ * environment variables set to v1 and v2, or removed where NULL: for modes
+ * an allocator takes from its environment at start-up. True when it
+ * exited 0; a line on stdout says what runs. */
+static inline bool check_rerun(const char *argv0, const char *mode, const char *name1,
+                               const char *v1, const char *name2, const char *v2) {
+  extern char **environ;
+  static char *envp[1024];
+  static char set1[128], set2[128];
+  size_t n = 0, l1 = strlen(name1), l2 = strlen(name2);
+  for (char **e = environ; *e != NULL && n < 1020; e++)
+    if (!(strncmp(*e, name1, l1) == 0 && (*e)[l1] == '=') &&
+        !(strncmp(*e, name2, l2) == 0 && (*e)[l2] == '='))
+      envp[n++] = *e;
+  if (v1 != NULL) {
+    snprintf(set1, sizeof set1, "%s=%s", name1, v1);
+    envp[n++] = set1;
+  }
+  if (v2 != NULL) {
+    snprintf(set2, sizeof set2, "%s=%s", name2, v2);
+    envp[n++] = set2;
+  }
+  envp[n] = NULL;
+  char *args[] = {(char *)argv0, (char *)mode, NULL};
+  check_print(1, "running %s (%s=%s %s=%s)\n", mode, name1, v1 ? v1 : "(unset)", name2,
+              v2 ? v2 : "(unset)");
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execve("/proc/self/exe", args, envp);
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return false;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    check_print(2, "%s run failed: status %#x\n", mode, (unsigned)status);
+    return false;
+  }
+  return true;
 }
 
 /* CHECK_RSS_SHOWS_PURGE: 0 under ThreadSanitizer, whose shadow of every

@@ -746,36 +746,6 @@ static void check_zero_on_free(void) {
 
 /* ---- Sub-runs ------------------------------------------------------------ */
 
-/* Runs this program again with argv {argv0, mode} and the given BMM_SECURE
- * and BMM_ZERO_ON_FREE; true if it exited 0. */
-static int run_again(const char *argv0, const char *mode, const char *secure, const char *zero) {
-  static char *envp[1024];
-  static char env_secure[32], env_zero[32];
-  size_t n = 0;
-  for (char **e = environ; *e != NULL && n < 1020; e++)
-    if (strncmp(*e, "BMM_SECURE=", 11) != 0 && strncmp(*e, "BMM_ZERO_ON_FREE=", 17) != 0)
-      envp[n++] = *e;
-  snprintf(env_secure, sizeof env_secure, "BMM_SECURE=%s", secure);
-  snprintf(env_zero, sizeof env_zero, "BMM_ZERO_ON_FREE=%s", zero);
-  envp[n++] = env_secure;
-  envp[n++] = env_zero;
-  envp[n] = NULL;
-  char *args[] = {(char *)argv0, (char *)mode, NULL};
-  check_print(1, "secure: running %s (BMM_SECURE=%s BMM_ZERO_ON_FREE=%s)\n", mode, secure, zero);
-  pid_t pid = fork();
-  if (pid == 0) {
-    execve("/proc/self/exe", args, envp);
-    _exit(127);
-  }
-  int status = 0;
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) return 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    check_print(2, "secure: %s run failed: status %#x\n", mode, (unsigned)status);
-    return 0;
-  }
-  return 1;
-}
-
 static int main_level2(int zero) {
   check_options(2, zero);
   if (zero) check_zero_on_free();
@@ -829,8 +799,8 @@ int main(int argc, char **argv) {
   check_basics();
   churn(7, 100000);
   check_exchange();
-  CHECK(run_again(argv[0], "--level2", "2", "0"));
-  CHECK(run_again(argv[0], "--zero", "1", "1"));
-  CHECK(run_again(argv[0], "--level2-zero", "2", "1"));
+  CHECK(check_rerun(argv[0], "--level2", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "0"));
+  CHECK(check_rerun(argv[0], "--zero", "BMM_SECURE", "1", "BMM_ZERO_ON_FREE", "1"));
+  CHECK(check_rerun(argv[0], "--level2-zero", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "1"));
   return check_done();
 }

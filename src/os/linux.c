@@ -10,8 +10,11 @@
 #define _GNU_SOURCE
 #include "os.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
+#include <link.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -165,6 +168,94 @@ int64_t bmm__os_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int bmm__os_backtrace(void **frames, int max) {
+  return backtrace(frames, max);
+}
+
+/* Appends s to buf[*len..cap-1], keeping it NUL-terminated. */
+static void describe_add(char *buf, size_t cap, size_t *len, const char *s) {
+  while (*s && *len + 1 < cap)
+    buf[(*len)++] = *s++;
+  buf[*len] = 0;
+}
+
+static void describe_hex(char *buf, size_t cap, size_t *len, uintptr_t v) {
+  char tmp[19], *p = tmp + sizeof tmp - 1;
+  *p = 0;
+  do {
+    *--p = "0123456789abcdef"[v & 15];
+    v >>= 4;
+  } while (v != 0);
+  describe_add(buf, cap, len, "0x");
+  describe_add(buf, cap, len, p);
+}
+
+/* The executable range of our module, found once (dl_iterate_phdr takes
+ * the loader's lock and does not allocate). */
+static uintptr_t self_code_lo, self_code_hi;
+static atomic_int self_code_known;
+
+static int self_code_find(struct dl_phdr_info *info, size_t size, void *arg) {
+  (void)size;
+  uintptr_t target = (uintptr_t)arg, lo = UINTPTR_MAX, hi = 0;
+  bool here = false;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
+    uintptr_t a = info->dlpi_addr + ph->p_vaddr, b = a + ph->p_memsz;
+    if (a < lo) lo = a;
+    if (b > hi) hi = b;
+    if (target >= a && target < b) here = true;
+  }
+  if (!here) return 0;
+  self_code_lo = lo;
+  self_code_hi = hi;
+  return 1;
+}
+
+bool bmm__os_code_in_our_module(const void *addr) {
+  if (!atomic_load_explicit(&self_code_known, memory_order_acquire)) {
+    dl_iterate_phdr(self_code_find, (void *)(uintptr_t)bmm__os_code_in_our_module);
+    atomic_store_explicit(&self_code_known, 1, memory_order_release);
+  }
+  uintptr_t a = (uintptr_t)addr - 1;
+  return a >= self_code_lo && a < self_code_hi;
+}
+
+const char *bmm__os_code_name(const void *addr) {
+  Dl_info info;
+  if (dladdr((const char *)addr - 1, &info) == 0) return NULL;
+  return info.dli_sname;
+}
+
+void bmm__os_describe_code(const void *addr, char *buf, size_t cap) {
+  Dl_info info;
+  size_t len = 0;
+  buf[0] = 0;
+  /* A return address points after the call: look up the call itself. */
+  const char *at = (const char *)addr - 1;
+  if (dladdr(at, &info) == 0 || info.dli_fname == NULL) {
+    describe_hex(buf, cap, &len, (uintptr_t)addr);
+    return;
+  }
+  const char *module = strrchr(info.dli_fname, '/');
+  module = module != NULL ? module + 1 : info.dli_fname;
+  if (info.dli_sname != NULL && info.dli_saddr != NULL) {
+    describe_add(buf, cap, &len, info.dli_sname);
+    describe_add(buf, cap, &len, "+");
+    describe_hex(buf, cap, &len, (uintptr_t)addr - (uintptr_t)info.dli_saddr);
+    describe_add(buf, cap, &len, " (");
+    describe_add(buf, cap, &len, module);
+  } else {
+    describe_hex(buf, cap, &len, (uintptr_t)addr);
+    describe_add(buf, cap, &len, " (");
+    describe_add(buf, cap, &len, module);
+    describe_add(buf, cap, &len, "+");
+    describe_hex(buf, cap, &len, (uintptr_t)addr - (uintptr_t)info.dli_fbase);
+  }
+  describe_add(buf, cap, &len, ")");
+}
+
 bool bmm__os_random(void *buf, size_t n) {
   /* The raw system call: glibc's getrandom wrapper may be missing, and
    * this runs inside the first malloc, where nothing may allocate. */
@@ -192,8 +283,8 @@ int bmm__os_protect(void *addr, size_t size, int rights) {
 }
 
 void *bmm__os_alloc_rwx(size_t size) {
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS,
-                 -1, 0);
+  void *p =
+      mmap(NULL, size, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   return p == MAP_FAILED ? NULL : p;
 }
 
@@ -268,8 +359,7 @@ const char *bmm__os_getenv(const char *name) {
 }
 
 void bmm__os_env_each(const char *prefix,
-                      void (*fn)(void *arg, const char *name, size_t name_len,
-                                 const char *value),
+                      void (*fn)(void *arg, const char *name, size_t name_len, const char *value),
                       void *arg) {
   char **env = environ;
   size_t n = strlen(prefix);
@@ -299,8 +389,7 @@ void bmm__os_thread_exit_hook_arm(void *value) {
     pthread_setspecific(os_exit_key, value);
 }
 
-bool bmm__os_atfork(void (*prepare)(void), void (*parent)(void),
-                    void (*child)(void)) {
+bool bmm__os_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void)) {
   return pthread_atfork(prepare, parent, child) == 0;
 }
 
@@ -313,10 +402,13 @@ size_t bmm__os_rss(void) {
   if (n <= 0) return 0;
   buf[n] = 0;
   const char *s = buf;
-  while (*s && *s != ' ') s++; /* skip total size */
-  while (*s == ' ') s++;
+  while (*s && *s != ' ')
+    s++; /* skip total size */
+  while (*s == ' ')
+    s++;
   size_t pages = 0;
-  while (*s >= '0' && *s <= '9') pages = pages * 10 + (size_t)(*s++ - '0');
+  while (*s >= '0' && *s <= '9')
+    pages = pages * 10 + (size_t)(*s++ - '0');
   return pages * bmm__os_page_size();
 }
 

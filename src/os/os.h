@@ -63,6 +63,22 @@ int64_t bmm__os_now_ms(void);
  * accessible; for metadata that must stay readable. */
 bool bmm__os_reset(void *addr, size_t size);
 
+/* The return addresses of the calling stack, innermost first: at most
+ * max of them; returns how many. May allocate on its first use (the
+ * unwinder loads): callers must be able to take a nested malloc. */
+int bmm__os_backtrace(void **frames, int max);
+/* "function+0xOFF (module)" for a code address, or "0xADDR (module+0xOFF)"
+ * without a symbol, into buf (NUL-terminated, truncated to cap). No
+ * allocation. */
+void bmm__os_describe_code(const void *addr, char *buf, size_t cap);
+/* Whether the return address addr lies in the code of the module (shared
+ * library or program) that holds BrainMM: an address compare once the
+ * module's range is known. */
+bool bmm__os_code_in_our_module(const void *addr);
+/* The name of the exported symbol the return address addr lies in, or
+ * NULL. No allocation. */
+const char *bmm__os_code_name(const void *addr);
+
 /* Fill buf with n bytes from the kernel's random source (secure mode's
  * keys); false when it cannot (the caller mixes in what else it has). */
 bool bmm__os_random(void *buf, size_t n);
