@@ -1,7 +1,8 @@
 # BrainMM: the commands a newcomer uses. The build itself is CMake's.
 #   make          build the libraries (build/libbrainmm.so, build/libbrainmm.a)
 #   make test     build and run every test: release, check (assertions and
-#                 heap checks), ASan+UBSan and TSan flavours
+#                 heap checks), ASan+UBSan and TSan flavours, and valgrind
+#                 memcheck on a build that tells it about every block
 #   make bench    build and run the side-by-side benchmark (QUICK=1: short)
 #   make install  install into PREFIX (default /usr/local)
 PREFIX ?= /usr/local
@@ -11,7 +12,7 @@ CTEST ?= ctest
 CC_SAN ?= $(shell command -v clang >/dev/null 2>&1 && echo clang || echo gcc)
 CXX_SAN ?= $(shell command -v clang++ >/dev/null 2>&1 && echo clang++ || echo g++)
 
-.PHONY: all build test test-release test-check test-asan test-tsan bench install clean format
+.PHONY: all build test test-release test-check test-asan test-tsan test-valgrind bench install clean format
 
 all: build
 
@@ -26,7 +27,7 @@ define flavour
 	cd $(1) && $(CTEST) --output-on-failure -j $(JOBS) $(4)
 endef
 
-test: test-release test-check test-asan test-tsan
+test: test-release test-check test-asan test-tsan test-valgrind
 
 test-release: build
 	cd build && $(CTEST) --output-on-failure -j $(JOBS)
@@ -40,6 +41,10 @@ test-asan:
 test-tsan:
 	$(call flavour,build-tsan,RelWithDebInfo,-DBMM_SANITIZE=thread -DCMAKE_C_COMPILER=$(CC_SAN) -DCMAKE_CXX_COMPILER=$(CXX_SAN),)
 
+# Only the memcheck test: everything else runs in the flavours above.
+test-valgrind:
+	$(call flavour,build-valgrind,RelWithDebInfo,-DBMM_VALGRIND=ON -DBMM_BUILD_BENCH=OFF,-R valgrind)
+
 bench: build
 	QUICK=$(QUICK) bash bench/run.sh
 	QUICK=$(QUICK) bash bench/extras.sh
@@ -51,6 +56,6 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cpp')
 
 clean:
-	rm -rf build build-check build-asan build-tsan
+	rm -rf build build-check build-asan build-tsan build-valgrind
 
 , := ,

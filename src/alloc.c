@@ -31,6 +31,7 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
     block = page->free;
     page->free = block->next;
     page->used++;
+    bmm__track_alloc(block, page->block_size);
     if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
   }
   if (bmm_unlikely(bmm__leak)) bmm__leak_on_alloc(heap, page, qi, block);
@@ -123,7 +124,9 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
       atomic_load_explicit(&page->heap, memory_order_relaxed) == NULL) {
     void *q = bmm__large_realloc(p, page, size, mode);
     if (q != NULL) {
-      if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, bmm_usable_size(q));
+      size_t now = bmm_usable_size(q);
+      if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, now);
+      bmm__track_resized(p, usable, q, now);
       return q;
     }
   }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "track.h"
 
 _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
 
@@ -342,6 +343,7 @@ void bmm__arena_page_free(bmm_page_t *page) {
   bmm_arena_t *arena = bmm__arena_of_page(page);
   size_t first = (size_t)(page - arena->pages), units = page->units;
   if (page->guarded) bmm__secure_unguard(page); /* the units may become anything */
+  bmm__track_internal(page->start, (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
   page->used = page->capacity = page->reserved = 0;
   page->block_size = 0;

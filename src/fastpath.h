@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "track.h"
 
 /* Pop a block of `size` (at most BMM_SMALL_MAX) from the page the direct
  * table of `heap` names, or NULL when that page has none ready. */
@@ -22,6 +23,7 @@ bmm_inline void *bmm__heap_pop_small(bmm_theap_t *heap, size_t size) {
   if (bmm_likely(block != NULL)) {
     page->free = block->next;
     page->used++;
+    bmm__track_alloc(block, page->block_size);
     if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
   }
   return block;
@@ -52,6 +54,7 @@ bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
   if (bmm_unlikely(block == NULL)) return NULL;
   page->free = block->next; /* the page's align_log covers `align` already */
   page->used++;
+  bmm__track_alloc(block, page->block_size);
   return block;
 }
 
@@ -76,9 +79,11 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
 bmm_inline bool bmm__push_local(bmm_page_t *page, void *p, bool slow) {
   bmm_block_t *block = (bmm_block_t *)p;
   if (slow && bmm_unlikely(bmm__secure)) {
+    bmm__track_free(block, page->block_size);
     bmm__secure_set_next(page, block, page->local_free);
   } else {
     if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
+    bmm__track_free(block, page->block_size);
     block->next = page->local_free;
   }
   page->local_free = block;

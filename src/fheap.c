@@ -21,6 +21,7 @@
 
 #include "fastpath.h"
 #include "fixed.h"
+#include "track.h"
 
 #define BMM_FHEAP_MAGIC 0x50414548u /* "HEAP" */
 
@@ -256,10 +257,11 @@ BMM_API bmm_heap_t *bmm_heap_new_fixed(void *mem, size_t size) {
 static bool forget_block(const void *block, size_t usable, void *arg) {
   (void)usable;
   (void)arg;
+  bmm__track_free_large((void *)block); /* valgrind: every block goes */
   bmm_page_t *page = bmm__page_of_ours(block);
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   bool small = kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM;
-  if (!small || bmm__leak_check_free(page, block))
+  if (bmm__leak && (!small || bmm__leak_check_free(page, block)))
     bmm__leak_forget((void *)block, small ? page : NULL);
   return true;
 }
@@ -274,7 +276,7 @@ BMM_API void bmm_heap_destroy(bmm_heap_t *heap) {
     bmm__fixed_destroy(heap->fixed); /* the memory is the caller's */
     return;
   }
-  if (bmm_unlikely(bmm__leak)) bmm_heap_visit(heap, forget_block, NULL);
+  if (bmm_unlikely(bmm__leak) || BMM_TRACK_VALGRIND) bmm_heap_visit(heap, forget_block, NULL);
   heap->magic = 0;
   bmm__spin_lock(&heap->lock);
   bmm_theap_t *view = heap->views;

@@ -12,6 +12,7 @@
  * full queue (state USE), hand the block to the heap instead so the owner
  * notices the page has room again; see BMM_DF_* in types.h. */
 static void free_remote(bmm_page_t *page, bmm_block_t *block) {
+  bmm__track_free(block, page->block_size); /* before the owner can see it */
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
   uintptr_t next;
   bool notify;
@@ -67,6 +68,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
+    if (bmm__region_block_size(p, NULL) != 0) bmm__track_free_large(p);
     if (!bmm__region_block_free(p)) free_other(p, call, "pointer was not allocated by BrainMM");
     return;
   }
@@ -102,6 +104,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       if (fh != NULL && bmm__fixed_free(fh, p)) return;
     }
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
+    bmm__track_free_large(p);
     bmm__span_free(p, page, call);
     return;
   case BMM_PAGE_LARGE:
@@ -118,6 +121,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       return;
     }
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
+    bmm__track_free_large(p);
     if (atomic_load_explicit(&page->heap, memory_order_relaxed) != NULL)
       bmm__fheap_large_unlink(page);
     if (kind == BMM_PAGE_LARGE) bmm__arena_page_free(page);

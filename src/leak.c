@@ -29,6 +29,7 @@
 
 #include "internal.h"
 #include "textout.h"
+#include "track.h"
 
 #define LEAK_FRAMES 12   /* frames kept per stack */
 #define LEAK_SKIP_MAX 16 /* room for BrainMM's (and interposers') frames on top */
@@ -168,6 +169,7 @@ bool bmm__leak_want(bmm_theap_t *heap, size_t bytes) {
 
 /* A large block (or NULL) fresh from its allocator: recorded if due. */
 void *bmm__leak_large(void *p, size_t size) {
+  if (p != NULL) bmm__track_alloc(p, bmm_usable_size(p));
   if (bmm_unlikely(bmm__leak) && p != NULL && bmm__leak_want(bmm__heap_tls, size))
     bmm__leak_record(p, bmm_usable_size(p), NULL);
   return p;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "track.h"
 
 /* Blocks are carved lazily, about one OS page's worth at a time, so a size
  * class used for a handful of objects costs 4 KiB of RSS, not 64 KiB. */
@@ -28,6 +29,8 @@ static uint32_t odd_inverse(uint32_t m) {
 
 void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
+  /* The units may have held anything (spans, freed large blocks). */
+  bmm__track_internal(page->start, (size_t)page->units * BMM_UNIT_SIZE);
   page->class_idx = (uint16_t)cls;
   page->align_log = 0;
   page->block_size = bs;
@@ -65,7 +68,11 @@ void bmm__page_extend(bmm_page_t *page) {
     return;
   }
   uint8_t *p = first;
-  for (size_t i = 1; i < n; i++, p += bs) ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
+  for (size_t i = 1; i < n; i++, p += bs) {
+    bmm__track_carve(p, bs);
+    ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
+  }
+  bmm__track_carve(p, bs);
   ((bmm_block_t *)p)->next = page->free;
   page->free = (bmm_block_t *)first;
   page->capacity += (uint32_t)n;

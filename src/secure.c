@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "track.h"
 
 int bmm__secure;
 static uint64_t secret; /* [init] the per-page keys derive from it */
@@ -158,6 +159,7 @@ void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n) {
   for (size_t i = n; i-- > 0;) {
     bmm_block_t *b = (bmm_block_t *)(first + order[i] * bs);
     mark_free(page, b);
+    bmm__track_carve(b, bs);
     bmm__secure_set_next(page, b, next);
     next = b;
   }
@@ -172,6 +174,7 @@ void *bmm__secure_pop(bmm_page_t *page) {
   bmm_block_t *b = page->free;
   uint64_t *w = (uint64_t *)b;
   size_t bs = page->block_size;
+  bmm__track_internal(b, bs); /* its fill and canary are read and written */
   page->free = bmm__secure_next(page, b);
   bool intact = w[1] == free_mark(page, b);
   if (intact && bmm__secure >= 2) {
@@ -187,6 +190,7 @@ void *bmm__secure_pop(bmm_page_t *page) {
   uint64_t *c = (uint64_t *)((uint8_t *)b + bs - BMM_CANARY);
   c[0] = c[1] = canary(page, b);
   page->used++;
+  bmm__track_alloc(b, bs - BMM_CANARY);
   return b;
 }
 

@@ -335,6 +335,22 @@ static inline bool check_rerun(const char *argv0, const char *mode, const char *
   return true;
 }
 
+/* CHECK_ASAN: 1 in an AddressSanitizer build (BrainMM then poisons its
+ * free blocks; tests that touch freed memory on purpose must know). */
+#if defined(__SANITIZE_ADDRESS__)
+#define CHECK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CHECK_ASAN 1
+#endif
+#endif
+#ifndef CHECK_ASAN
+#define CHECK_ASAN 0
+#endif
+#if CHECK_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 /* CHECK_RSS_SHOWS_PURGE: 0 under ThreadSanitizer, whose shadow of every
  * address touched stays in the RSS when the allocator gives pages back, so
  * tests of memory returned to the OS check the allocator's own accounting

@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "../src/internal.h" /* src/ is not on the test targets' include path */
+#include "../src/track.h"
 #include "check.h"
 
 static bmm_theap_t fake_heap; /* zeroed, only tid is set: page.c reads no more */
@@ -58,6 +59,7 @@ static void *pop(bmm_page_t *page) {
   if (b == NULL) return NULL;
   page->free = b->next;
   page->used++;
+  bmm__track_alloc(b, page->block_size); /* ASan builds: carved blocks are poisoned */
   return b;
 }
 
