@@ -37,7 +37,7 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
       return heap != NULL ? bmm__heap_alloc_slow(heap, qi) : NULL;
     }
   }
-  return bmm__leak_large(bmm__large_alloc(size, align), size);
+  return bmm__large_handed_out(bmm__large_alloc(size, align), size);
 }
 
 /* The aligned queue serving `size` bytes aligned to `align` (a power of

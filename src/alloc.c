@@ -38,6 +38,19 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
   return block;
 }
 
+/* A large block (or NULL) fresh from large.c, `size` bytes asked for:
+ * counted for the statistics, shown to memory checkers, and recorded for
+ * the leak report when due. */
+void *bmm__large_handed_out(void *p, size_t size) {
+  if (p == NULL) return NULL;
+  size_t usable = bmm_usable_size(p);
+  bmm__stats_large(usable, true);
+  bmm__track_alloc(p, usable);
+  if (bmm_unlikely(bmm__leak) && bmm__leak_want(bmm__heap_tls, size))
+    bmm__leak_record(p, usable, NULL);
+  return p;
+}
+
 /* The heap of the calling thread, set up on its first allocation; NULL
  * (errno ENOMEM) when even that fails. */
 bmm_theap_t *bmm__heap_get(void) {
@@ -50,7 +63,7 @@ bmm_theap_t *bmm__heap_get(void) {
 bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
   if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_get()) == NULL) return NULL;
   size_t need = bmm__class_request(size);
-  if (need > BMM_MEDIUM_MAX) return bmm__leak_large(bmm__large_alloc(size, 0), size);
+  if (need > BMM_MEDIUM_MAX) return bmm__large_handed_out(bmm__large_alloc(size, 0), size);
   return bmm__heap_alloc_slow(heap, bmm__class_of(need));
 }
 

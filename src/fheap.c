@@ -109,7 +109,7 @@ static void *heap_large_alloc(bmm_heap_t *heap, bmm_theap_t *view, size_t size, 
   if (heap->large != NULL) heap->large->prev = page;
   heap->large = page;
   bmm__spin_unlock(&heap->lock);
-  return bmm__leak_large(p, size);
+  return bmm__large_handed_out(p, size);
 }
 
 /* free() of a heap's large block, after it claimed the block (kind FREE). */
@@ -293,6 +293,7 @@ BMM_API void bmm_heap_destroy(bmm_heap_t *heap) {
     bmm_page_t *next = page->next;
     uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
     page->next = page->prev = NULL;
+    bmm__stats_large(page->block_size, false);
     atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
     atomic_store_explicit(&page->kind, BMM_PAGE_FREE, memory_order_relaxed);
     if (kind == BMM_PAGE_LARGE)

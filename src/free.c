@@ -68,7 +68,11 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
-    if (bmm__region_block_size(p, NULL) != 0) bmm__track_free_large(p);
+    size_t region_bytes = bmm__region_block_size(p, NULL);
+    if (region_bytes != 0) {
+      bmm__track_free_large(p);
+      bmm__stats_large(region_bytes, false);
+    }
     if (!bmm__region_block_free(p)) free_other(p, call, "pointer was not allocated by BrainMM");
     return;
   }
@@ -105,6 +109,8 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
     }
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
     bmm__track_free_large(p);
+    size_t usable = bmm__span_usable(p, page);
+    if (usable != 0) bmm__stats_large(usable, false);
     bmm__span_free(p, page, call);
     return;
   case BMM_PAGE_LARGE:
@@ -122,6 +128,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
     }
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
     bmm__track_free_large(p);
+    bmm__stats_large(page->block_size, false);
     if (atomic_load_explicit(&page->heap, memory_order_relaxed) != NULL)
       bmm__fheap_large_unlink(page);
     if (kind == BMM_PAGE_LARGE) bmm__arena_page_free(page);

@@ -264,8 +264,16 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
   heap->heartbeat++;
-  if (bmm__leak == 2 && heap->queues[qi].first != NULL)
-    bmm__leak_count_page(heap, heap->queues[qi].first);
+  /* The first page's list is used up: its blocks were handed out. */
+  bmm_page_t *used_up = heap->queues[qi].first;
+  if (used_up != NULL && used_up->installed != 0) {
+    _Atomic(uint64_t) *count = &heap->class_allocs[qi % BMM_CLASS_COUNT];
+    atomic_store_explicit(count,
+                          atomic_load_explicit(count, memory_order_relaxed) + used_up->installed,
+                          memory_order_relaxed);
+    if (bmm__leak == 2) bmm__leak_count_page(heap, used_up);
+    used_up->installed = 0;
+  }
   /* The check build validates this thread's whole heap every 256th visit
    * (here it is consistent; other threads' state cannot be checked without
    * stopping them). */
@@ -323,14 +331,27 @@ static bmm_theap_t *heap_pool_pop(void) {
   return all;
 }
 
+/* Every heap struct ever made (they are never unmapped): the statistics
+ * add up their allocation counts. */
+static _Atomic(bmm_theap_t *) heap_all;
+
+bmm_theap_t *bmm__heap_all(void) {
+  return atomic_load_explicit(&heap_all, memory_order_acquire);
+}
+
 /* An empty heap owned by the calling thread, from the pool or the OS. */
 static bmm_theap_t *heap_make(void) {
   bmm_theap_t *heap = heap_pool_pop();
   if (heap == NULL) {
     heap = bmm__os_reserve_aligned(sizeof(bmm_theap_t), bmm__os_page_size(), true);
     if (heap == NULL) return NULL;
+    bmm_theap_t *old = atomic_load_explicit(&heap_all, memory_order_relaxed);
+    do {
+      heap->all_next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&heap_all, &old, heap, memory_order_release,
+                                                    memory_order_relaxed));
   }
-  memset(heap, 0, sizeof *heap);
+  memset(heap, 0, offsetof(bmm_theap_t, class_allocs)); /* counts carry on */
   for (size_t i = 0; i < BMM_DIRECT_COUNT; i++) heap->direct[i] = &bmm__page_empty;
   /* Pages carry their heap's tid: with bmm__all_slow, one that the free
    * fast path never matches. */

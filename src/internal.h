@@ -251,7 +251,6 @@ void bmm__secure_check_size(void *p, size_t size, const char *call);
 extern int bmm__leak;
 void bmm__leak_init(void);
 bool bmm__leak_want(bmm_theap_t *heap, size_t bytes);
-void *bmm__leak_large(void *p, size_t size);
 void bmm__leak_on_alloc(bmm_theap_t *heap, bmm_page_t *page, size_t qi, void *block);
 void bmm__leak_resume(bmm_theap_t *heap, bool record);
 void bmm__leak_count_page(bmm_theap_t *heap, bmm_page_t *page);
@@ -286,6 +285,7 @@ extern bmm_page_t bmm__page_empty;
 extern __thread bmm_theap_t *bmm__heap_tls __attribute__((tls_model("initial-exec")));
 
 bmm_theap_t *bmm__heap_init_thread(void);
+bmm_theap_t *bmm__heap_all(void);
 void bmm__heap_thread_done(void *heap);
 bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t cls);
 void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page);
@@ -330,6 +330,11 @@ void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
 size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call);
 size_t bmm__block_info(void *p, const char *call, size_t *align, bmm_page_t **page);
+void *bmm__large_handed_out(void *p, size_t size);
+
+/* ---- stats.c ---------------------------------------------------------- */
+/* A large block of `bytes` allocated (or freed): atomic counters. */
+void bmm__stats_large(size_t bytes, bool allocated);
 void bmm__zero_block(void *p, size_t size);
 
 /* ---- fheap.c: first-class heaps -------------------------------------- */

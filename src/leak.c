@@ -29,7 +29,6 @@
 
 #include "internal.h"
 #include "textout.h"
-#include "track.h"
 
 #define LEAK_FRAMES 12   /* frames kept per stack */
 #define LEAK_SKIP_MAX 16 /* room for BrainMM's (and interposers') frames on top */
@@ -165,14 +164,6 @@ bool bmm__leak_want(bmm_theap_t *heap, size_t bytes) {
   heap->leak_left += (int64_t)sample_bytes;
   if (heap->leak_left <= 0) heap->leak_left = (int64_t)sample_bytes; /* after a big block */
   return true;
-}
-
-/* A large block (or NULL) fresh from its allocator: recorded if due. */
-void *bmm__leak_large(void *p, size_t size) {
-  if (p != NULL) bmm__track_alloc(p, bmm_usable_size(p));
-  if (bmm_unlikely(bmm__leak) && p != NULL && bmm__leak_want(bmm__heap_tls, size))
-    bmm__leak_record(p, bmm_usable_size(p), NULL);
-  return p;
 }
 
 /* The slow path of `heap` found the free list of `page` used up: count it. */

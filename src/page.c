@@ -61,7 +61,7 @@ void bmm__page_extend(bmm_page_t *page) {
   if (n == 0) n = 1;
   if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
   uint8_t *first = page->start + (size_t)page->capacity * bs;
-  page->installed = (uint16_t)(page->installed + n < UINT16_MAX ? page->installed + n : UINT16_MAX);
+  page->installed = (uint16_t)(page->installed + n); /* read and reset before it can wrap */
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
     page->capacity += (uint32_t)n;
@@ -111,9 +111,7 @@ size_t bmm__page_take_thread_free(bmm_page_t *page) {
 void bmm__page_collect(bmm_page_t *page) {
   bmm__page_take_thread_free(page);
   if (page->free == NULL) {
-    size_t more = page->capacity - page->used; /* = |local_free| */
-    page->installed =
-        (uint16_t)(page->installed + more < UINT16_MAX ? page->installed + more : UINT16_MAX);
+    page->installed = (uint16_t)(page->installed + page->capacity - page->used); /* |local_free| */
     page->free = page->local_free;
     page->local_free = NULL;
   }

@@ -1,12 +1,16 @@
-/* stats.c: bmm_stats_print, and the report at exit with show_stats=1.
+/* stats.c: bmm_stats_print, bmm_stats_reset, and the report at exit with
+ * show_stats=1.
  *
- * What it reports is what BrainMM keeps anyway, so the allocation paths
- * pay nothing for it: the memory accounting of every arena and of the huge
- * blocks (reserved, committed, in use, purged), the pages of the calling
- * thread's heap per size class (pages, blocks in use, capacity), and the
- * process's RSS, peak RSS, page faults, CPU and elapsed time. Counters of
- * allocations per size class would cost the fast path an increment each;
- * they are not kept.
+ * What it reports costs the allocation fast paths nothing: the memory
+ * accounting of every arena and of the huge blocks (reserved, committed,
+ * in use, purged), the blocks handed out per size class by every thread
+ * (each heap counts a page's free list when its slow path finds it used
+ * up, so a count is at most one list behind per class and thread; a count
+ * per malloc would cost the fast path an increment), the calling thread's
+ * pages per class (pages, blocks in use, capacity), large blocks allocated
+ * and freed (atomic counters on their slow paths), and the process's RSS,
+ * peak RSS, page faults, CPU and elapsed time. bmm_stats_reset restarts
+ * what accumulates.
  *
  * Output goes through a callback in chunks of whole lines, formatted into a
  * stack buffer without stdio or malloc (this also runs at exit, or while
@@ -38,6 +42,26 @@ static void out_secs(out_t *o, long long us) {
 /* What bmm_stats_reset saw: the accumulating counters count from it. */
 static bmm_os_process_info_t base;
 static size_t purged_base;
+static uint64_t class_base[BMM_CLASS_COUNT];
+
+/* Large blocks: allocations and frees, counts and bytes (slow paths). */
+static _Atomic(uint64_t) large_count[2], large_bytes[2];
+static uint64_t large_base[2][2]; /* [count, bytes][allocated, freed] at the reset */
+
+void bmm__stats_large(size_t bytes, bool allocated) {
+  atomic_fetch_add_explicit(&large_count[!allocated], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&large_bytes[!allocated], bytes, memory_order_relaxed);
+}
+
+/* Blocks handed out per size class by every thread since the reset. */
+static void class_allocs(uint64_t out[BMM_CLASS_COUNT]) {
+  memset(out, 0, sizeof(uint64_t) * BMM_CLASS_COUNT);
+  for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next)
+    for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
+      out[c] += atomic_load_explicit(&h->class_allocs[c], memory_order_relaxed);
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
+    out[c] = out[c] >= class_base[c] ? out[c] - class_base[c] : 0;
+}
 
 /* The process's figures since the last reset. */
 static void process_info(bmm_os_process_info_t *pi) {
@@ -54,6 +78,22 @@ BMM_API void bmm_stats_reset(void) {
   bmm__os_process_info(&base);
   bmm__mem_stats(&st);
   purged_base = st.purged;
+  uint64_t now[BMM_CLASS_COUNT];
+  memset(class_base, 0, sizeof class_base);
+  class_allocs(now);
+  memcpy(class_base, now, sizeof class_base);
+  for (int i = 0; i < 2; i++) {
+    large_base[0][i] = atomic_load_explicit(&large_count[i], memory_order_relaxed);
+    large_base[1][i] = atomic_load_explicit(&large_bytes[i], memory_order_relaxed);
+  }
+}
+
+/* Large blocks allocated (freed = 0) or freed (1) since the reset: count
+ * (bytes = false) or bytes. */
+static uint64_t large_since(int freed, bool bytes) {
+  return atomic_load_explicit(bytes ? &large_bytes[freed] : &large_count[freed],
+                              memory_order_relaxed) -
+         large_base[bytes][freed];
 }
 
 /* The whole process's memory accounting, purged bytes since the reset. */
@@ -96,19 +136,33 @@ static void print_text(out_t *o) {
   out_str(o, "\n  (totals include huge blocks; large blocks are inside the arenas)\n");
 
   bmm_class_stats_t cs[BMM_CLASS_COUNT];
+  uint64_t allocs[BMM_CLASS_COUNT];
   size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
-  out_str(o, "\n  this thread's heap: block size   pages   blocks used   capacity      bytes used\n");
+  class_allocs(allocs);
+  out_str(o, "\n  size class   allocated  |  this thread: pages   blocks used   capacity      "
+             "bytes used\n");
   for (size_t c = 0; c < n; c++) {
-    if (cs[c].pages == 0) continue;
-    out_str(o, "                   ");
-    out_num(o, bmm__class_size(c), 13);
-    out_num(o, cs[c].pages, 8);
+    if (cs[c].pages == 0 && allocs[c] == 0) continue;
+    out_num(o, bmm__class_size(c), 12);
+    out_num(o, allocs[c], 12);
+    out_str(o, "  |");
+    out_num(o, cs[c].pages, 19);
     out_num(o, cs[c].used, 14);
     out_num(o, cs[c].capacity, 11);
     out_str(o, "  ");
     out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
     out_str(o, "\n");
   }
+  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time)\n");
+  out_str(o, "  large blocks: ");
+  out_num(o, large_since(0, false), 0);
+  out_str(o, " allocated (");
+  out_bytes(o, large_since(0, true));
+  out_str(o, "), ");
+  out_num(o, large_since(1, false), 0);
+  out_str(o, " freed (");
+  out_bytes(o, large_since(1, true));
+  out_str(o, ")\n");
 }
 
 static void json_field(out_t *o, const char *name, unsigned long long v, bool comma) {
@@ -152,19 +206,27 @@ static void print_json(out_t *o) {
   json_field(o, "purged", st.purged, false);
   out_str(o, "},\n \"heap\": [");
   bmm_class_stats_t cs[BMM_CLASS_COUNT];
+  uint64_t allocs[BMM_CLASS_COUNT];
   size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
+  class_allocs(allocs);
   first = true;
   for (size_t c = 0; c < n; c++) {
-    if (cs[c].pages == 0) continue;
+    if (cs[c].pages == 0 && allocs[c] == 0) continue;
     out_str(o, first ? "{" : ", {");
     first = false;
     json_field(o, "block_size", bmm__class_size(c), true);
+    json_field(o, "allocated", allocs[c], true);
     json_field(o, "pages", cs[c].pages, true);
     json_field(o, "used", cs[c].used, true);
     json_field(o, "capacity", cs[c].capacity, false);
     out_str(o, "}");
   }
-  out_str(o, "]}\n");
+  out_str(o, "],\n \"large\": {");
+  json_field(o, "allocated", large_since(0, false), true);
+  json_field(o, "allocated_bytes", large_since(0, true), true);
+  json_field(o, "freed", large_since(1, false), true);
+  json_field(o, "freed_bytes", large_since(1, true), false);
+  out_str(o, "}}\n");
 }
 
 BMM_API void bmm_stats_print(bmm_output_fn *fn, void *arg) {

@@ -260,6 +260,12 @@ struct bmm_theap_s {
   uint32_t leak_rest_n;
   uint32_t leak_qi;
   bool leak_record_next;
+  /* Kept when the struct is recycled (heap_make clears what is above):
+   * blocks handed out per size class, counted a used-up free list at a
+   * time by the slow path (the owner writes, bmm_stats_print reads), and
+   * the link in the list of every heap struct ever made. */
+  _Atomic(uint64_t) class_allocs[BMM_CLASS_COUNT];
+  bmm_theap_t *all_next;
 };
 
 #endif /* BMM_TYPES_H */

@@ -1,6 +1,8 @@
 /* stats.c: section 10 introspection: bmm_stats_print writes the memory
- * accounting and the calling thread's pages per size class (as a table,
- * and as JSON with stats_json=1) through the callback given; show_stats=1
+ * accounting, the blocks allocated per size class by all threads and the
+ * calling thread's pages per class, and the large blocks (as a table, and
+ * as JSON with stats_json=1) through the callback given; bmm_stats_reset
+ * restarts the counts; show_stats=1
  * from the environment prints it at exit (in a child process, also one
  * that closes its stderr in an atexit handler); the
  * deferred-free hook runs regularly from the slow path with a growing
@@ -78,18 +80,40 @@ int main(int argc, char **argv) {
   CHECK(strstr(text, "arena    0") != NULL);
   CHECK(strstr(text, "total") != NULL);
   /* the 48-byte class shows at least the 100 blocks kept */
-  const char *row = strstr(text, "\n                              48 ");
+  const char *row = strstr(text, "\n          48 ");
   CHECK(row != NULL);
   if (row != NULL) {
-    unsigned long pages = 0, used = 0;
-    CHECK(sscanf(row, " 48 %lu %lu", &pages, &used) == 2 && pages >= 1 && used >= 100);
+    unsigned long allocated = 0, pages = 0, used = 0;
+    CHECK(sscanf(row, " 48 %lu | %lu %lu", &allocated, &pages, &used) == 3 && pages >= 1 &&
+          used >= 100);
   }
+  CHECK(strstr(text, "large blocks: 1 allocated (     1.0 MiB), 0 freed") != NULL);
+
+  /* Allocation counts per class (by all threads; a used-up free list at a
+   * time, so at most one list of 4 KiB behind), and bmm_stats_reset. */
+  static void *many[10000];
+  for (int i = 0; i < 10000; i++) many[i] = bmm_malloc(200); /* the 208-byte class */
+  for (int i = 0; i < 10000; i++) bmm_free(many[i]);
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  row = strstr(text, "\n         208 ");
+  unsigned long allocated = 0;
+  CHECK(row != NULL && sscanf(row, " 208 %lu", &allocated) == 1);
+  CHECK(allocated >= 10000 - 4096 / 208 && allocated <= 10000);
+  bmm_stats_reset();
+  bmm_free(bmm_malloc(300000)); /* one large block since the reset */
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  row = strstr(text, "\n         208 ");
+  CHECK(row == NULL || (sscanf(row, " 208 %lu", &allocated) == 1 && allocated == 0));
+  CHECK(strstr(text, "large blocks: 1 allocated") != NULL && strstr(text, "1 freed") != NULL);
 
   text_len = 0;
   CHECK(bmm_option_set("stats_json", 1) == 0);
   bmm_stats_print(collect, text);
   CHECK(text[0] == '{' && strstr(text, "\"total\": {\"reserved\": ") != NULL);
-  CHECK(strstr(text, "{\"block_size\": 48, \"pages\": ") != NULL);
+  CHECK(strstr(text, "{\"block_size\": 48, \"allocated\": ") != NULL);
+  CHECK(strstr(text, "\"large\": {\"allocated\": ") != NULL);
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
   CHECK(bmm_option_set("stats_json", 0) == 0);
 
