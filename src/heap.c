@@ -408,6 +408,9 @@ void bmm__heap_view_release(bmm_theap_t *view) {
 /* Every live block of the view's pages. Blocks are live unless they sit on
  * one of their page's free lists or on the view's delayed list. */
 bool bmm__heap_view_visit(bmm_theap_t *view, bmm_visit_fn *fn, void *arg) {
+  /* A free list leak_sample cut short holds free blocks on no list: put
+   * them back (its sample is lost; nobody uses the view meanwhile). */
+  if (view->leak_page != NULL) bmm__leak_resume(view, false);
   bmm_block_t *delayed = atomic_load_explicit(&view->delayed_free, memory_order_acquire);
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     for (bmm_page_t *page = heap_queue_at(view, c)->first; page != NULL; page = page->next)
