@@ -192,7 +192,9 @@ static void describe_hex(char *buf, size_t cap, size_t *len, uintptr_t v) {
 
 /* The executable range of our module, found once (dl_iterate_phdr takes
  * the loader's lock and does not allocate). */
-static uintptr_t self_code_lo, self_code_hi;
+/* Threads that look it up at once all store the same values: atomics, so
+ * that this is not a data race. */
+static _Atomic(uintptr_t) self_code_lo, self_code_hi;
 static atomic_int self_code_known;
 
 static int self_code_find(struct dl_phdr_info *info, size_t size, void *arg) {
@@ -208,8 +210,8 @@ static int self_code_find(struct dl_phdr_info *info, size_t size, void *arg) {
     if (target >= a && target < b) here = true;
   }
   if (!here) return 0;
-  self_code_lo = lo;
-  self_code_hi = hi;
+  atomic_store_explicit(&self_code_lo, lo, memory_order_relaxed);
+  atomic_store_explicit(&self_code_hi, hi, memory_order_relaxed);
   return 1;
 }
 
@@ -219,7 +221,8 @@ bool bmm__os_code_in_our_module(const void *addr) {
     atomic_store_explicit(&self_code_known, 1, memory_order_release);
   }
   uintptr_t a = (uintptr_t)addr - 1;
-  return a >= self_code_lo && a < self_code_hi;
+  return a >= atomic_load_explicit(&self_code_lo, memory_order_relaxed) &&
+         a < atomic_load_explicit(&self_code_hi, memory_order_relaxed);
 }
 
 const char *bmm__os_code_name(const void *addr) {
