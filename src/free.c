@@ -102,17 +102,19 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       free_remote(page, (bmm_block_t *)p);
     }
     return;
-  case BMM_PAGE_SPANS:
-    if (bmm_unlikely(bmm__span_usable(p, page) == 0)) {
+  case BMM_PAGE_SPANS: {
+    size_t usable = bmm__span_usable(p, page);
+    if (bmm_unlikely(usable == 0)) { /* span_free reports it, unless it is a fixed heap's */
       bmm_fixed_t *fh = bmm__fixed_find(p);
       if (fh != NULL && bmm__fixed_free(fh, p)) return;
+    } else {
+      if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
+      bmm__track_free_large(p);
+      bmm__stats_large(usable, false);
     }
-    if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
-    bmm__track_free_large(p);
-    size_t usable = bmm__span_usable(p, page);
-    if (usable != 0) bmm__stats_large(usable, false);
     bmm__span_free(p, page, call);
     return;
+  }
   case BMM_PAGE_LARGE:
   case BMM_PAGE_HUGE:
     if (bmm_unlikely(p != page->start)) {
