@@ -290,7 +290,30 @@ static void test_pages(void) {
   CHECK(bmm_heap_check());
 }
 
+/* A small block that realloc must move grows by a quarter at least, so
+ * that a string appended to in small steps moves once per 25% of growth;
+ * its contents come along. Large blocks grow in place instead (large.c). */
+static void test_realloc_headroom(void) {
+  for (size_t size = 100; size <= 40000; size = size * 3 + 7) {
+    unsigned char *p = bmm_malloc(size);
+    size_t usable = bmm_usable_size(p);
+    memset(p, 0x3C, usable);
+    unsigned char *q = bmm_realloc(p, usable + 1);
+    CHECK(q != NULL);
+    if (q == NULL) continue;
+    CHECK(bmm_usable_size(q) >= usable + usable / 4);
+    size_t same = 0;
+    for (size_t i = 0; i < usable; i++) same += q[i] == 0x3C;
+    CHECK_EQ_SZ(same, usable);
+    /* A big step is served as asked, without the quarter on top. */
+    unsigned char *r = bmm_realloc(q, 4 * usable);
+    CHECK(r != NULL && bmm_usable_size(r) < 5 * usable);
+    bmm_free(r);
+  }
+}
+
 int main(void) {
+  test_realloc_headroom();
   test_aligned_stays();
   test_reget_expand();
   test_blocks();
