@@ -175,6 +175,8 @@ BMM_API void *bmm_realloc(void *p, size_t size) {
     bmm__free_fast(p, "realloc");
     return NULL;
   }
+  void *q = bmm__realloc_in_place(p, size);
+  if (bmm_likely(q != NULL)) return q;
   return resize_block(p, size, BMM_RESIZE_REALLOC, "realloc");
 }
 

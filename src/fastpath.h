@@ -72,6 +72,23 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
   return -1;
 }
 
+/* realloc's common case, in a few instructions: p is a small or medium
+ * block that holds `size` bytes already without wasting half of itself
+ * (resize_block's rule for keeping a block). Returns p then, NULL for
+ * everything else (large blocks, other pointers, misuse: the slow path
+ * sorts them out and reports). */
+bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
+  if (bmm_unlikely(!bmm__is_ours(p))) return NULL;
+  bmm_page_t *page = bmm__page_of_ours(p);
+  uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
+  if ((uintptr_t)p - (uintptr_t)page->start >= (size_t)page->units * BMM_UNIT_SIZE ||
+      bmm__page_block_index(page, p) >= page->reserved)
+    return NULL;
+  size_t usable = bmm__page_usable(page);
+  return size <= usable && size >= usable / 2 ? p : NULL;
+}
+
 /* Pushes p on the local free list of its page, which the calling thread
  * owns; true when that was the page's last block in use. `slow` (a
  * constant): the caller is a slow path, which secure mode may take, so
