@@ -72,6 +72,13 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
   return -1;
 }
 
+/* True if p is the start of a block of small/medium `page`. */
+bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
+  return (uintptr_t)p >= (uintptr_t)page->start &&
+         (uintptr_t)p - (uintptr_t)page->start < (size_t)page->units * BMM_UNIT_SIZE &&
+         bmm__page_block_index(page, p) < page->reserved;
+}
+
 /* realloc's common case, in a few instructions: p is a small or medium
  * block that holds `size` bytes already without wasting half of itself
  * (resize_block's rule for keeping a block). Returns p then, NULL for
@@ -82,9 +89,7 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
   bmm_page_t *page = bmm__page_of_ours(p);
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
-  if ((uintptr_t)p - (uintptr_t)page->start >= (size_t)page->units * BMM_UNIT_SIZE ||
-      bmm__page_block_index(page, p) >= page->reserved)
-    return NULL;
+  if (!bmm__is_block_start(page, p)) return NULL;
   size_t usable = bmm__page_usable(page);
   return size <= usable && size >= usable / 2 ? p : NULL;
 }
@@ -95,14 +100,11 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
  * the link may have to be encoded; the fast path never sees secure mode. */
 bmm_inline bool bmm__push_local(bmm_page_t *page, void *p, bool slow) {
   bmm_block_t *block = (bmm_block_t *)p;
-  if (slow && bmm_unlikely(bmm__secure)) {
-    bmm__track_free(block, page->block_size);
-    bmm__secure_set_next(page, block, page->local_free);
-  } else {
-    if (bmm__debug) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
-    bmm__track_free(block, page->block_size);
-    block->next = page->local_free;
-  }
+  bool secure = slow && bmm_unlikely(bmm__secure); /* it keeps marks in the block */
+  if (bmm__debug && !secure) memset(block, BMM_DEBUG_FILL_FREE, page->block_size);
+  bmm__track_free(block, page->block_size);
+  if (secure) bmm__secure_set_next(page, block, page->local_free);
+  else block->next = page->local_free;
   page->local_free = block;
   return --page->used == 0;
 }

@@ -48,13 +48,6 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   }
 }
 
-/* True if p is the start of a block of small/medium `page`. */
-static bool is_block_start(const bmm_page_t *page, const void *p) {
-  return (uintptr_t)p >= (uintptr_t)page->start &&
-         (uintptr_t)p - (uintptr_t)page->start < (size_t)page->units * BMM_UNIT_SIZE &&
-         bmm__page_block_index(page, p) < page->reserved;
-}
-
 /* p starts no block of BrainMM's own heaps: it is a fixed heap's block
  * (whose memory may lie anywhere, in a BrainMM block too), or misuse. */
 static void free_other(void *p, const char *call, const char *what) {
@@ -80,7 +73,7 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
   switch (kind) {
   case BMM_PAGE_SMALL:
   case BMM_PAGE_MEDIUM:
-    if (bmm_unlikely(!is_block_start(page, p))) {
+    if (bmm_unlikely(!bmm__is_block_start(page, p))) {
       free_other(p, call, "pointer into the middle of a block");
       return;
     }
@@ -172,7 +165,7 @@ size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call
     switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {
     case BMM_PAGE_SMALL:
     case BMM_PAGE_MEDIUM:
-      if (is_block_start(page, p)) return bmm__page_usable(page);
+      if (bmm__is_block_start(page, p)) return bmm__page_usable(page);
       what = "pointer into the middle of a block";
       break;
     case BMM_PAGE_SPANS: {
