@@ -44,13 +44,36 @@ static bmm_os_process_info_t base;
 static size_t purged_base;
 static uint64_t class_base[BMM_CLASS_COUNT];
 
-/* Large blocks: allocations and frees, counts and bytes (slow paths). */
-static _Atomic(uint64_t) large_count[2], large_bytes[2];
-static uint64_t large_base[2][2]; /* [count, bytes][allocated, freed] at the reset */
+/* Large blocks: allocations and frees, counts and bytes, kept by the
+ * calling thread's heap without a locked instruction (one would wait for
+ * the stores of the big copies before it); a thread with no heap yet uses
+ * the shared atomics. */
+static _Atomic(uint64_t) large_shared[2][2]; /* [allocated, freed][count, bytes] */
+static uint64_t large_base[2][2];            /* the sums at the reset */
+
+static void add_relaxed(_Atomic(uint64_t) *c, uint64_t v) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
+                        memory_order_relaxed);
+}
 
 void bmm__stats_large(size_t bytes, bool allocated) {
-  atomic_fetch_add_explicit(&large_count[!allocated], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&large_bytes[!allocated], bytes, memory_order_relaxed);
+  bmm_theap_t *heap = bmm__heap_tls;
+  if (heap != &bmm__heap_empty) { /* only this thread writes them */
+    add_relaxed(&heap->large_stats[!allocated][0], 1);
+    add_relaxed(&heap->large_stats[!allocated][1], bytes);
+  } else {
+    atomic_fetch_add_explicit(&large_shared[!allocated][0], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&large_shared[!allocated][1], bytes, memory_order_relaxed);
+  }
+}
+
+/* The large-block sum [freed][bytes] over every heap struct and the
+ * shared counters. */
+static uint64_t large_sum(int freed, int bytes) {
+  uint64_t sum = atomic_load_explicit(&large_shared[freed][bytes], memory_order_relaxed);
+  for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next)
+    sum += atomic_load_explicit(&h->large_stats[freed][bytes], memory_order_relaxed);
+  return sum;
 }
 
 /* Blocks handed out per size class by every thread since the reset. */
@@ -82,18 +105,14 @@ BMM_API void bmm_stats_reset(void) {
   memset(class_base, 0, sizeof class_base);
   class_allocs(now);
   memcpy(class_base, now, sizeof class_base);
-  for (int i = 0; i < 2; i++) {
-    large_base[0][i] = atomic_load_explicit(&large_count[i], memory_order_relaxed);
-    large_base[1][i] = atomic_load_explicit(&large_bytes[i], memory_order_relaxed);
-  }
+  for (int freed = 0; freed < 2; freed++)
+    for (int bytes = 0; bytes < 2; bytes++) large_base[freed][bytes] = large_sum(freed, bytes);
 }
 
 /* Large blocks allocated (freed = 0) or freed (1) since the reset: count
  * (bytes = false) or bytes. */
 static uint64_t large_since(int freed, bool bytes) {
-  return atomic_load_explicit(bytes ? &large_bytes[freed] : &large_count[freed],
-                              memory_order_relaxed) -
-         large_base[bytes][freed];
+  return large_sum(freed, bytes) - large_base[freed][bytes];
 }
 
 /* The whole process's memory accounting, purged bytes since the reset. */

@@ -265,6 +265,8 @@ struct bmm_theap_s {
    * time by the slow path (the owner writes, bmm_stats_print reads), and
    * the link in the list of every heap struct ever made. */
   _Atomic(uint64_t) class_allocs[BMM_CLASS_COUNT];
+  /* Large blocks this thread allocated and freed: counts and bytes. */
+  _Atomic(uint64_t) large_stats[2][2]; /* [allocated, freed][count, bytes] */
   bmm_theap_t *all_next;
 };
 
