@@ -541,6 +541,59 @@ static inline uint64_t bc_combine(uint64_t acc, int index, uint64_t part)
     return acc + bc_mix(part ^ ((uint64_t)index << 56));
 }
 
+/* What each thread of the simplest workloads reports: units done and a
+ * checksum, on its own cache lines; bc_tally_total adds them up. */
+typedef struct bc_tally {
+    uint64_t units;
+    uint64_t sum;
+} bc_tally;
+static BC_PADDED(bc_tally) bc_tallies[BC_MAX_THREADS] __attribute__((unused));
+
+static inline uint64_t bc_tally_total(const bc_args *a, uint64_t *sum)
+{
+    uint64_t units = 0;
+    *sum = 0;
+    for (int i = 0; i < a->threads; i++) {
+        units += bc_tallies[i].v.units;
+        *sum = bc_combine(*sum, i, bc_tallies[i].v.sum);
+    }
+    return units;
+}
+
+/* Defines the worker of a workload whose threads repeat one step on their
+ * own state (states[index], with a `steps` field that gets the count)
+ * until the run is over: one definition instead of one per program, and
+ * a macro so that the step still inlines into the loop. */
+#define BC_STEP_WORKER(states, step)                                  \
+    static void worker(int index, void *ctx)                          \
+    {                                                                 \
+        (void)ctx;                                                    \
+        __typeof__((states)[0]) st_ = (states)[index];                \
+        uint64_t i_ = 0;                                              \
+        for (; bc_more(&g_args, i_); i_++)                            \
+            step(st_);                                                \
+        st_->steps = i_;                                              \
+    }
+
+/* The cache benchmarks' loop: while the run lasts, a thread allocates an
+ * object of `size` bytes, hammers it (bc_hammer) and frees it. Returns the
+ * checksum; *units gets the number of objects. */
+static inline uint64_t bc_own_objects(const bc_args *a, int index, size_t size, int writes,
+                                      uint64_t *units)
+{
+    uint64_t sum = 0, i = 0;
+    for (; bc_more(a, i); i++) {
+        unsigned char *p = malloc(size);
+        if (p == NULL)
+            bc_oom(size);
+        bc_sink = p;
+        sum += bc_hammer(p, size, i + (uint64_t)index, writes);
+        free(p);
+    }
+    *units = i;
+    return sum;
+}
+
 /* Print the RESULT line.  extra_fmt (may be NULL) adds " key=value" pairs
  * and must start with a space. */
 static inline void bc_report(const bc_args *a, uint64_t ops, uint64_t units,

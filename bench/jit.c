@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_common.h"
+
 #if defined(__x86_64__)
 #define CAN_RUN 1
 #else
@@ -48,20 +50,6 @@
 
 typedef enum { MODE_MMAP, MODE_RWX, MODE_SPLIT, MODE_SPLIT_SYNC, MODE_COUNT } bench_mode_t;
 static const char *const mode_name[MODE_COUNT] = {"mmap", "rwx", "split", "split_sync"};
-
-static double now_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rng_next(uint64_t *s) { /* xorshift64 */
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
 
 /* int f(void) { return k; } (mov eax, imm32; ret), then int3 up to size. */
 static void emit_function(uint8_t *w, size_t size, int32_t k) {
@@ -108,11 +96,12 @@ static long long run(bench_mode_t mode, size_t functions, size_t live, size_t ma
     if (jit == NULL) return -1;
   }
   memset(cache, 0, live * sizeof *cache);
-  uint64_t seed = 0x243F6A8885A308D3u;
+  bc_rng rng;
+  bc_rng_seed(&rng, UINT64_C(0x243F6A8885A308D3), 0); /* the same sizes in every mode */
   long long sum = 0;
-  double t0 = now_seconds();
+  double t0 = bc_now();
   for (size_t i = 0; i < functions; i++) {
-    size_t size = 16 + (size_t)(rng_next(&seed) % (max_size - 15));
+    size_t size = 16 + (size_t)(bc_next(&rng) % (max_size - 15));
     slot_t *s = &cache[i % live];
     drop(mode, jit, s); /* the oldest function leaves the cache */
     void *code;
@@ -135,7 +124,7 @@ static long long run(bench_mode_t mode, size_t functions, size_t live, size_t ma
   }
   for (size_t i = 0; i < live; i++)
     drop(mode, jit, &cache[i]);
-  *seconds = now_seconds() - t0;
+  *seconds = bc_now() - t0;
   bmm_jit_delete(jit);
   return sum;
 }

@@ -24,12 +24,6 @@
 
 static bc_args g_args;
 
-struct result {
-    uint64_t objects;
-    uint64_t sum;
-};
-static BC_PADDED(struct result) g_res[BC_MAX_THREADS];
-
 /* Object i was allocated by the main thread for thread i. */
 static unsigned char *g_given[BC_MAX_THREADS];
 
@@ -37,19 +31,10 @@ static void worker(int index, void *ctx)
 {
     (void)ctx;
     const size_t size = (size_t)g_args.size;
-    uint64_t sum = 0, i = 0;
-    sum += bc_hammer(g_given[index], size, ~(uint64_t)index, WRITES);
+    bc_tally *t = &bc_tallies[index].v;
+    t->sum = bc_hammer(g_given[index], size, ~(uint64_t)index, WRITES);
     free(g_given[index]);
-    for (; bc_more(&g_args, i); i++) {
-        unsigned char *p = malloc(size);
-        if (p == NULL)
-            bc_oom(size);
-        bc_sink = p;
-        sum += bc_hammer(p, size, i + (uint64_t)index, WRITES);
-        free(p);
-    }
-    g_res[index].v.objects = i;
-    g_res[index].v.sum = sum;
+    t->sum += bc_own_objects(&g_args, index, size, WRITES, &t->units);
 }
 
 int main(int argc, char **argv)
@@ -62,11 +47,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < g_args.threads; i++)
         g_given[i] = bc_malloc((size_t)g_args.size);
     double secs = bc_run_threads(&g_args, worker, NULL);
-    uint64_t ops = 0, sum = 0;
-    for (int i = 0; i < g_args.threads; i++) {
-        ops += g_res[i].v.objects;
-        sum = bc_combine(sum, i, g_res[i].v.sum);
-    }
+    uint64_t sum, ops = bc_tally_total(&g_args, &sum);
     bc_report(&g_args, ops, ops, secs, sum,
               " size=%" PRIu64 " writes_per_object=%d", g_args.size, WRITES);
     return 0;

@@ -14,12 +14,6 @@
 
 static bc_args g_args;
 
-struct result {
-    uint64_t pairs;
-    uint64_t sum;
-};
-static BC_PADDED(struct result) g_res[BC_MAX_THREADS];
-
 static void worker(int index, void *ctx)
 {
     (void)ctx;
@@ -48,8 +42,8 @@ static void worker(int index, void *ctx)
             free(p);
         }
     }
-    g_res[index].v.pairs = i;
-    g_res[index].v.sum = sum;
+    bc_tallies[index].v.units = i;
+    bc_tallies[index].v.sum = sum;
 }
 
 int main(int argc, char **argv)
@@ -60,11 +54,7 @@ int main(int argc, char **argv)
              "  UNITS    malloc+free pairs per thread, rounded up to 8 (25M)\n"
              "  SIZE     block size in bytes (64)\n");
     double secs = bc_run_threads(&g_args, worker, NULL);
-    uint64_t ops = 0, sum = 0;
-    for (int i = 0; i < g_args.threads; i++) {
-        ops += g_res[i].v.pairs;
-        sum = bc_combine(sum, i, g_res[i].v.sum);
-    }
+    uint64_t sum, ops = bc_tally_total(&g_args, &sum);
     bc_report(&g_args, ops, ops, secs, sum, " size=%" PRIu64, g_args.size);
     return 0;
 }

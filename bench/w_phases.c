@@ -99,15 +99,7 @@ static void step(struct state *st)
     }
 }
 
-static void worker(int index, void *ctx)
-{
-    (void)ctx;
-    struct state *st = g_state[index];
-    uint64_t i = 0;
-    for (; bc_more(&g_args, i); i++)
-        step(st);
-    st->steps = i;
-}
+BC_STEP_WORKER(g_state, step)
 
 int main(int argc, char **argv)
 {
