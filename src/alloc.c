@@ -31,6 +31,7 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
     block = page->free;
     page->free = block->next;
     page->used++;
+    bmm__unmark(block);
     bmm__track_alloc(block, page->block_size);
     if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
   }
@@ -60,11 +61,22 @@ bmm_theap_t *bmm__heap_get(void) {
   return heap;
 }
 
-bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
+static bmm_noinline void *malloc_slow(bmm_theap_t *heap, size_t size) {
   if (bmm_unlikely(heap == &bmm__heap_empty) && (heap = bmm__heap_get()) == NULL) return NULL;
   size_t need = bmm__class_request(size);
   if (need > BMM_MEDIUM_MAX) return bmm__large_handed_out(bmm__large_alloc(size, 0), size);
   return bmm__heap_alloc_slow(heap, bmm__class_of(need));
+}
+
+/* Where the inline fast path sends everything else. Small (no stack
+ * frame) so that secure mode's short path, a block from the page in front
+ * of its class, costs a call and not a whole slow path. */
+bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
+  if (bmm_unlikely(bmm__secure_fast) && size <= BMM_MEDIUM_MAX - BMM_CANARY) {
+    bmm_page_t *page = heap->queues[bmm__class_of(bmm__class_request(size))].first;
+    if (bmm_likely(page != NULL && page->free != NULL)) return bmm__secure_pop(page);
+  }
+  return malloc_slow(heap, size);
 }
 
 BMM_API void *bmm_malloc(size_t size) {
@@ -128,6 +140,12 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     bmm_fixed_t *fh = bmm__fixed_find(p); /* wherever its memory lies */
     if (fh != NULL && bmm__fixed_usable(fh, p) != 0) return bmm__fixed_resize(fh, p, size, mode);
     bmm__block_info(p, call, &align, &page); /* reports the misuse */
+    errno = EINVAL;
+    return NULL;
+  }
+  uint8_t kind = page != NULL ? atomic_load_explicit(&page->kind, memory_order_relaxed) : 0;
+  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && bmm_unlikely(bmm__block_freed(page, p))) {
+    bmm__error_block(p, call, "pointer to a freed block", page->block_size);
     errno = EINVAL;
     return NULL;
   }

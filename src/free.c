@@ -13,6 +13,7 @@
  * notices the page has room again; see BMM_DF_* in types.h. */
 static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   bmm__track_free(block, page->block_size); /* before the owner can see it */
+  if (!bmm__secure) bmm__mark_free(page, block); /* secure mode's check marked it */
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
   uintptr_t next;
   bool notify;
@@ -48,6 +49,42 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   }
 }
 
+/* Whether p is on a free list of `page` or in its heap's delayed frees.
+ * The calling thread owns the page: nobody else takes from these lists
+ * while we look, and remote threads only push in front of the shared
+ * ones. A list longer than the page's blocks has a cycle, which only a
+ * double free makes: p counts as free then. */
+static bool block_is_free(const bmm_page_t *page, const void *p) {
+  bmm_theap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+  bmm_block_t *lists[] = {page->free, page->local_free,
+                          (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK),
+                          heap != NULL && heap->leak_page == page ? heap->leak_rest : NULL};
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+    uint32_t n = 0;
+    for (const bmm_block_t *b = lists[i]; b != NULL; b = bmm__next(page, b))
+      if (b == p || ++n > page->reserved) return true;
+  }
+  if (heap == NULL) return false;
+  size_t n = 0; /* blocks of every page of the heap: bounded generously */
+  for (const bmm_block_t *b = atomic_load_explicit(&heap->delayed_free, memory_order_acquire);
+       b != NULL && n < ((size_t)1 << 24); b = bmm__next_any(b), n++)
+    if (b == p) return true;
+  return false;
+}
+
+/* p, the start of a block of small or medium `page`, is free, as far as
+ * the calling thread can tell: secure mode trusts its keyed mark; the
+ * default mode confirms its mark on the page's lists, which only the
+ * owner may read (another thread's second free is caught when the owner
+ * collects, page.c). */
+bool bmm__block_freed(const bmm_page_t *page, const void *p) {
+  if (bmm__secure) return bmm__secure_is_marked(page, p);
+  if (!bmm__is_marked_free(page, p)) return false;
+  uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
+  return (tid & ~BMM_TID_FLAGS) == bmm__os_thread_id() && block_is_free(page, p);
+}
+
 /* p starts no block of BrainMM's own heaps: it is a fixed heap's block
  * (whose memory may lie anywhere, in a BrainMM block too), or misuse. */
 static void free_other(void *p, const char *call, const char *what) {
@@ -57,7 +94,7 @@ static void free_other(void *p, const char *call, const char *what) {
     bmm__error(p, call, "double free, or pointer into a block, of a fixed heap");
 }
 
-bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
+static bmm_noinline void free_slow(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
@@ -77,11 +114,14 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
       free_other(p, call, "pointer into the middle of a block");
       return;
     }
-    /* Our own page, full (tid bit 0 set) or not. */
     if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
+    if (bmm_unlikely(!bmm__secure && bmm__block_freed(page, p))) {
+      bmm__error_block(p, call, "double free", page->block_size);
+      return;
+    }
     if (bmm__leak_check_free(page, p)) bmm__leak_forget(p, page);
     uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
-    if ((tid & ~BMM_TID_FLAGS) == bmm__os_thread_id()) {
+    if ((tid & ~BMM_TID_FLAGS) == bmm__os_thread_id()) { /* our page, full (tid bit 0) or not */
       /* leak_sample: the owner gives a page whose recorded blocks are all
        * gone its fast frees back. */
       if (bmm_unlikely(bmm__leak == 2) && (tid & BMM_TID_SLOW) &&
@@ -133,6 +173,13 @@ bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call)
     free_other(p, call, "double free, or pointer not allocated by BrainMM");
     return;
   }
+}
+
+/* Where the inline fast path sends everything else; small, like
+ * bmm__malloc_generic, for secure mode's short path. */
+bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
+  if (bmm_unlikely(bmm__secure_fast) && page != NULL && bmm__secure_free_owned(page, p)) return;
+  free_slow(p, page, call);
 }
 
 BMM_API void bmm_free(void *p) {

@@ -45,6 +45,7 @@ void bmm__process_init(void) {
   bmm__secure_init(); /* before any page exists: it shapes them all */
   bmm__leak_init();
   bmm__all_slow = bmm__secure || bmm__leak == 1;
+  bmm__secure_fast = bmm__secure && !bmm__leak;
   if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
   bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);

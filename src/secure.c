@@ -18,10 +18,10 @@
  */
 #include <string.h>
 
-#include "internal.h"
-#include "track.h"
+#include "fastpath.h"
 
 int bmm__secure;
+bool bmm__secure_fast;
 static uint64_t secret; /* [init] the per-page keys derive from it */
 /* [init] zero_on_free: freed blocks are cleared (and, at level 2,
  * checked for zero rather than for the free fill). Fixed with the mode: a
@@ -83,14 +83,22 @@ void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *n
 /* Decoded link of b; a link that leads outside the page's blocks was
  * overwritten (a write after free): reported, and the list ends here (the
  * blocks after it are lost rather than trusted). */
-bmm_block_t *bmm__secure_next(const bmm_page_t *page, const bmm_block_t *b) {
+static bmm_noinline bmm_block_t *bad_link(const bmm_page_t *page, const bmm_block_t *b) {
+  bmm__error_block(b, "malloc", "free list corrupted: a freed block was written to",
+                   page->block_size);
+  return NULL;
+}
+
+static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
   uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
   unsigned r = (unsigned)(page->key >> 58);
   bmm_block_t *next = (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ page->key);
   if (bmm_likely(next == NULL || in_page(page, next))) return next;
-  bmm__error_block(b, "malloc", "free list corrupted: a freed block was written to",
-                   page->block_size);
-  return NULL;
+  return bad_link(page, b);
+}
+
+bmm_block_t *bmm__secure_next(const bmm_page_t *page, const bmm_block_t *b) {
+  return next_of(page, b);
 }
 
 /* Links of a heap's delayed list (blocks of many pages): keyed with the
@@ -175,7 +183,7 @@ void *bmm__secure_pop(bmm_page_t *page) {
   uint64_t *w = (uint64_t *)b;
   size_t bs = page->block_size;
   bmm__track_internal(b, bs); /* its fill and canary are read and written */
-  page->free = bmm__secure_next(page, b);
+  page->free = next_of(page, b);
   bool intact = w[1] == free_mark(page, b);
   if (intact && bmm__secure >= 2) {
     /* Word by word: blocks are multiples of 16 bytes. */
@@ -192,6 +200,12 @@ void *bmm__secure_pop(bmm_page_t *page) {
   page->used++;
   bmm__track_alloc(b, bs - BMM_CANARY);
   return b;
+}
+
+/* p (a block start of `page`) carries the mark of a free block. */
+bool bmm__secure_is_marked(const bmm_page_t *page, const void *p) {
+  bmm__track_mark_read(p);
+  return ((const uint64_t *)p)[1] == free_mark(page, p);
 }
 
 /* Checks a block that is being freed (by any thread): false when it is
@@ -227,4 +241,26 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
   if (bmm_unlikely(!ok))
     bmm__error_block(p, call, "size does not match the block being freed",
                      kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM ? page->block_size : usable);
+}
+
+/* ---- Fast paths ----------------------------------------------------------- */
+/* Secure mode's common free: a block of a page the calling thread owns and
+ * that is not full (its tid is exactly the heap's, BMM_TID_SLOW included),
+ * intact. Anything else (another thread's page, a double free, a broken
+ * canary, an interior pointer) returns false for bmm__free_generic, which
+ * checks and reports it. Skips free_generic's dispatch on the page kind:
+ * only small and medium pages carry a thread's tid. */
+bool bmm__secure_free_owned(bmm_page_t *page, void *p) {
+  if (atomic_load_explicit(&page->tid, memory_order_relaxed) !=
+          (bmm__os_thread_id() | BMM_TID_SLOW) ||
+      bmm__page_block_index(page, p) >= page->reserved)
+    return false;
+  const uint64_t *w = p;
+  const uint64_t *c = (const uint64_t *)((const uint8_t *)p + page->block_size - BMM_CANARY);
+  uint64_t want = canary(page, p);
+  if (bmm_unlikely(w[1] == free_mark(page, p) || ((c[0] ^ want) | (c[1] ^ want)) != 0))
+    return false;
+  mark_free(page, p);
+  bmm__free_local(page, p);
+  return true;
 }

@@ -108,6 +108,16 @@ static inline void bmm__track_carve(void *p, size_t size) {
   bmm__track_poison_tail(p, size);
 }
 
+/* The free paths read a block's mark word (the second, see fastpath.h)
+ * before they know the block is live, when the program may never have
+ * written it. */
+static inline void bmm__track_mark_read(const void *p) {
+#if defined(BMM_VALGRIND) && BMM_VALGRIND
+  VALGRIND_MAKE_MEM_DEFINED((const char *)p + sizeof(void *), sizeof(void *));
+#endif
+  (void)p;
+}
+
 /* Memory the allocator itself is about to use (metadata inside a free
  * block, a canary, or a range given back that may become anything). */
 static inline void bmm__track_internal(void *p, size_t size) {

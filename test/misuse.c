@@ -1,7 +1,9 @@
 /* misuse.c: heap misuse that BrainMM detects even without secure mode. Each
  * case runs in a child process: a free or realloc of a stack pointer, of a
  * static object, of memory from mmap, of a pointer into the middle of a
- * small, medium or large block, and a second free of a large block. The
+ * small, medium or large block, a second free of a large, a small or a
+ * medium block (right after the first, after other frees, after another
+ * thread freed it) and a realloc of a freed small block. The
  * child must die of SIGABRT after printing exactly one diagnostic line
  * naming the call and the address. Then the same cases run with
  * abort_on_error=0 in one process: each call is reported and ignored, and
@@ -9,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <brainmm.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,18 +33,30 @@ typedef enum {
   FREE_INTERIOR_MEDIUM,
   FREE_INTERIOR_LARGE,
   DOUBLE_FREE_LARGE,
+  DOUBLE_FREE_SMALL,
+  DOUBLE_FREE_SMALL_DEEP,
+  DOUBLE_FREE_MEDIUM,
+  DOUBLE_FREE_AFTER_REMOTE,
   REALLOC_STACK,
   REALLOC_INTERIOR,
+  REALLOC_FREED,
   CASE_COUNT
 } misuse_t;
 
 static const char *const case_name[CASE_COUNT] = {
     "free(stack)",          "free(static)",         "free(mmap)",
     "free(interior small)", "free(interior medium)", "free(interior large)",
-    "double free large",    "realloc(stack)",       "realloc(interior)"};
-static const char *const case_call[CASE_COUNT] = {"free(",    "free(", "free(", "free(",
-                                                  "free(",    "free(", "free(", "realloc(",
-                                                  "realloc("};
+    "double free large",    "double free small",    "double free small, deep",
+    "double free medium",   "double free after a remote free", "realloc(stack)",
+    "realloc(interior)",    "realloc(freed)"};
+static const char *const case_call[CASE_COUNT] = {
+    "free(", "free(", "free(", "free(", "free(", "free(", "free(",
+    "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc("};
+
+static void *free_in_thread(void *p) {
+  bmm_free(p);
+  return NULL;
+}
 
 /* Does one misuse; returns the address it passed. */
 static void *do_misuse(misuse_t c) {
@@ -79,6 +94,39 @@ static void *do_misuse(misuse_t c) {
     bmm_free(p);
     bad = p;
     bmm_free(bad);
+    break;
+  }
+  case DOUBLE_FREE_SMALL:
+  case DOUBLE_FREE_MEDIUM: {
+    void *p = bmm_malloc(c == DOUBLE_FREE_SMALL ? 48 : 20000);
+    bmm_free(p);
+    bad = p;
+    bmm_free(bad);
+    break;
+  }
+  case DOUBLE_FREE_SMALL_DEEP: { /* p is deep in its page's free list */
+    void *p = bmm_malloc(48), *more[10];
+    for (int i = 0; i < 10; i++) more[i] = bmm_malloc(48);
+    bmm_free(p);
+    for (int i = 0; i < 10; i++) bmm_free(more[i]);
+    bad = p;
+    bmm_free(bad);
+    break;
+  }
+  case DOUBLE_FREE_AFTER_REMOTE: { /* p waits on its page's remote list */
+    void *p = bmm_malloc(48);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, free_in_thread, p) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    bad = p;
+    bmm_free(bad);
+    break;
+  }
+  case REALLOC_FREED: {
+    void *p = bmm_malloc(64);
+    bmm_free(p);
+    bad = p;
+    CHECK(bmm_realloc(bad, 60) == NULL);
     break;
   }
   case REALLOC_STACK:
