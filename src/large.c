@@ -19,6 +19,11 @@
  * runs (BMM_PAGE_LARGE); blocks above BMM_LARGE_MAX get a region of their
  * own (BMM_PAGE_HUGE) that grows with mremap.
  *
+ * Secure mode: the last page of every span in use is a guard page
+ * (PROT_NONE), counted in the span's tags but not in its usable size. It
+ * moves when the span is resized and is made accessible again before the
+ * page can join a free span: a free span never holds a guard.
+ *
  * Concurrency: each arena's span table and bins are guarded by its
  * span_lock (lock.c). Blocks this large are rare next to
  * the memcpy and page faults they cost, so one lock per arena is cheap; the
@@ -198,9 +203,22 @@ static void span_make_free(bmm_arena_t *a, size_t pg, size_t len) {
   }
 }
 
+/* ---- Guard pages (secure mode) ------------------------------------------ */
+
+static inline size_t guard_pages(void) {
+  return bmm__secure ? 1 : 0;
+}
+
+/* Make page pg of `a` a guard page (on) or an ordinary one again. A guard
+ * the kernel refuses (out of mappings) is simply missing. */
+static void guard_set(bmm_arena_t *a, size_t pg, bool on) {
+  bmm__os_protect(page_addr(a, pg), BMM_SPAN_PAGE,
+                  on ? BMM_PROT_NONE : BMM_PROT_READ | BMM_PROT_WRITE);
+}
+
 /* ---- Allocation and free ------------------------------------------------- */
 
-static void *span_alloc(size_t n) {
+static void *span_take(size_t n) {
   bmm_theap_t *heap = bmm__heap_tls;
   size_t count = bmm__arena_count();
   size_t start = heap->arena_hint < count ? heap->arena_hint : 0;
@@ -231,6 +249,17 @@ static void *span_alloc(size_t n) {
   if (units * BMM_UNIT_PAGES > n) span_make_free(a, pg + n, units * BMM_UNIT_PAGES - n);
   span_unlock(a);
   return page_addr(a, pg);
+}
+
+/* A span of n usable pages, with its guard page in secure mode. */
+static void *span_alloc(size_t n) {
+  size_t g = guard_pages();
+  uint8_t *p = span_take(n + g);
+  if (p != NULL && g) {
+    bmm_arena_t *a = bmm__arena_of_page(bmm__page_of(p));
+    guard_set(a, page_index(a, p) + n, true);
+  }
+  return p;
 }
 
 /* Alignments above a page, and the large blocks of first-class heaps
@@ -271,8 +300,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
     p = bmm__region_block_alloc(size, align);
   } else if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) {
     p = bmm__huge_alloc(size, align);
-  } else if (align > BMM_SPAN_PAGE || bmm__secure) {
-    /* Secure mode: unit runs rather than spans, for their guard page. */
+  } else if (align > BMM_SPAN_PAGE) {
     p = bmm__large_unit_run(size, align);
     if (p != NULL)
       bmm__page_of(p)->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
@@ -339,12 +367,22 @@ static size_t span_pages(bmm_arena_t *a, const void *p) {
   return (head & 1) ? 0 : head >> 1;
 }
 
+/* The same without its guard page. */
+static size_t span_usable_pages(bmm_arena_t *a, const void *p) {
+  size_t len = span_pages(a, p);
+  return len ? len - guard_pages() : 0;
+}
+
 size_t bmm__span_usable(const void *p, const bmm_page_t *unit) {
-  return span_pages(bmm__arena_of_page(unit), p) << BMM_SPAN_SHIFT;
+  return span_usable_pages(bmm__arena_of_page(unit), p) << BMM_SPAN_SHIFT;
 }
 
 void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
+  /* The guard goes before the span can be merged and handed out (a racing
+   * second free unguards too, harmlessly, and is reported below). */
+  size_t live = span_pages(a, p);
+  if (guard_pages() && live != 0) guard_set(a, page_index(a, p) + live - 1, false);
   span_lock(a);
   size_t len = span_pages(a, p);
   if (bmm_unlikely(len == 0)) {
@@ -402,7 +440,31 @@ static size_t free_units(bmm_arena_t *a, size_t unit, int dir, size_t enough) {
 /* Resize the span at p to `n` pages where it stands, taking free space on
  * the right first, then on the left. Returns the block's new address, or
  * NULL when the neighbours cannot give enough (nothing changed then). */
+static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode);
+
+/* Resize to n usable pages; in secure mode the guard page moves to the new
+ * end. A shrinking span drops its guard first (that page may become
+ * free); a growing one keeps it until the new guard is up (the old one is
+ * inside the block then). */
 static void *span_resize(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode) {
+  size_t g = guard_pages();
+  if (!g) return span_resize_tags(p, unit, n, mode);
+  bmm_arena_t *a = bmm__arena_of_page(unit);
+  size_t pg = page_index(a, p), len = span_pages(a, p);
+  if (n + g == len) return p;
+  if (n + g < len) guard_set(a, pg + len - 1, false);
+  uint8_t *q = span_resize_tags(p, unit, n + g, mode);
+  if (q == NULL) return NULL; /* only growth fails: the old guard stands */
+  size_t old_guard = pg + len - 1, new_guard = page_index(a, q) + n;
+  if (new_guard != old_guard) {
+    guard_set(a, new_guard, true);
+    if (n + g > len) guard_set(a, old_guard, false);
+  }
+  return q;
+}
+
+/* Resize the span's tags to n pages (guard included); see span_resize. */
+static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t pg = page_index(a, p);
   span_lock(a);
@@ -474,8 +536,8 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode)
   }
   span_unlock(a);
   /* The whole new span is ours now: move the data outside the lock. */
-  if (left > 0 && mode == BMM_RESIZE_REALLOC)
-    move_down(page_addr(a, new_pg), page_addr(a, pg), len << BMM_SPAN_SHIFT);
+  if (left > 0 && mode == BMM_RESIZE_REALLOC) /* the data, not the guard */
+    move_down(page_addr(a, new_pg), page_addr(a, pg), (len - guard_pages()) << BMM_SPAN_SHIFT);
   return page_addr(a, new_pg);
 }
 
@@ -483,7 +545,7 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode)
  * into the new mapping instead of copying them. */
 static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
-  size_t bytes = span_pages(a, p) << BMM_SPAN_SHIFT;
+  size_t bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
   uint8_t *q = bytes >= ((size_t)1 << 20) ? bmm__huge_adopt(p, bytes, size) : NULL;
   if (q != NULL) {
     bmm__os_rereserve(p, bytes); /* the span's range is a hole now */
@@ -544,7 +606,7 @@ void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mo
   if (q != NULL) return q;
   /* Neighbours are taken: new pages, contents moved over. */
   bmm_arena_t *a = bmm__arena_of_page(page);
-  size_t old_bytes = span_pages(a, p) << BMM_SPAN_SHIFT;
+  size_t old_bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
   uint8_t *n = span_alloc(count);
   if (n == NULL) {
     errno = ENOMEM;

@@ -276,6 +276,23 @@ static void overflow_large(void *arg) {
   p[usable] = 1;
 }
 
+/* 9b. The same after realloc grew the block where it stands (a fresh
+ * arena has free pages after it) and then shrank it: the guard page
+ * moved to each new end, and the old ones are ordinary pages again. */
+static void overflow_large_resized(void *arg) {
+  (void)arg;
+  unsigned char *p = bmm_malloc(200000);
+  unsigned char *q = bmm_realloc(p, 600000);
+  CHECK(q != NULL);
+  memset(q, 7, 600000); /* the old guard page is inside now */
+  q = bmm_realloc(q, 300000);
+  CHECK(q != NULL && q[299999] == 7);
+  volatile unsigned char *v = q;
+  size_t usable = bmm_usable_size(q);
+  v[usable - 1] = 1;
+  v[usable] = 1;
+}
+
 /* 10 (secure=2). A write into the middle of a freed block. */
 static void write_after_free_middle(void *arg) {
   (void)arg;
@@ -328,6 +345,8 @@ static void run_misuse_cases(void) {
   expect_signal("one byte past a 100000-byte block", overflow_large, (void *)(uintptr_t)100000,
                 SIGSEGV);
   expect_signal("one byte past a 1 MiB block", overflow_large, (void *)(uintptr_t)MiB, SIGSEGV);
+  expect_signal("one byte past a large block grown and shrunk in place", overflow_large_resized,
+                NULL, SIGSEGV);
 }
 
 /* ---- abort_on_error=0 ------------------------------------------------------ */
