@@ -3,7 +3,9 @@
 # instead of running under LD_PRELOAD: bmm_move16 against memmove (with its
 # chart), the JIT heap against an mmap/mprotect per function, first-class
 # heaps (bmm_heap_destroy against munmap, bmm_heap_malloc against the
-# default heap), and fixed heaps: allocation traces of real programs
+# default heap), what the run-time modes (stats, secure, leak sampling)
+# cost against the default mode (bench/modes.sh, on the suite's quick
+# arguments), and fixed heaps: allocation traces of real programs
 # replayed by bmm-replay into a heap of fixed size, first fit against
 # BrainMM's fixed heap and relocatable heap, until the first failure (with
 # its chart). Run by `make bench` after bench/run.sh; writes
@@ -308,6 +310,21 @@ fixed_heap_section() {
   rm -f "$fh_runs"
   echo "extras: fixed heaps took $took s" >&2
 }
+# ---- run-time modes against the default mode --------------------------------
+# bench/modes.sh on the quick arguments of the suite's rows (a full run of
+# it takes ~3 min; `bash bench/modes.sh` does that). A failed run is noted;
+# the exit status stays 0.
+echo "extras: run-time modes against the default mode (bench/modes.sh)" >&2
+rm -f "$out/modes.md"
+if [ "${QUICK:-0}" = 1 ]; then
+  mode_env=(REPEATS=1 MODES=default,secure)
+else
+  mode_env=(REPEATS=3)
+fi
+env QUICK=1 "${mode_env[@]}" BUILD_DIR="$build" RESULTS_DIR="$out" bash "$root/bench/modes.sh" \
+  >/dev/null || echo "extras: bench/modes.sh: some runs failed (see $out/modes.log)" >&2
+[ -s "$out/modes.md" ] && { echo; sed '1s/^# /## /' "$out/modes.md"; } >> "$md"
+
 fixed_heap_section
 
 echo "extras: wrote $md" >&2
