@@ -341,6 +341,8 @@ void *bmm__large_handed_out(void *p, size_t size);
 /* ---- stats.c ---------------------------------------------------------- */
 /* A large block of `bytes` allocated (or freed): atomic counters. */
 void bmm__stats_large(size_t bytes, bool allocated);
+/* A page of size class cls was claimed (true) or released (false). */
+void bmm__stats_class_page(size_t cls, bool claimed);
 void bmm__zero_block(void *p, size_t size);
 
 /* ---- fheap.c: first-class heaps -------------------------------------- */

@@ -51,6 +51,7 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   atomic_store_explicit(&page->kind, page->units == 1 ? BMM_PAGE_SMALL : BMM_PAGE_MEDIUM,
                         memory_order_relaxed);
   if (bmm__secure) bmm__secure_page_init(page);
+  bmm__stats_class_page(cls, true);
 }
 
 /* Carve the next blocks of the page onto the front of its free list. */

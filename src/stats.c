@@ -6,7 +6,9 @@
  * in use, purged), the blocks handed out per size class by every thread
  * (each heap counts a page's free list when its slow path finds it used
  * up, so a count is at most one list behind per class and thread; a count
- * per malloc would cost the fast path an increment), the calling thread's
+ * per malloc would cost the fast path an increment), the pages every heap
+ * holds per class now and at most (a class's memory and its peak: atomic
+ * counters where pages are claimed and released), the calling thread's
  * pages per class (pages, blocks in use, capacity), large blocks allocated
  * and freed (atomic counters on their slow paths), and the process's RSS,
  * peak RSS, page faults, CPU and elapsed time. bmm_stats_reset restarts
@@ -76,6 +78,30 @@ static uint64_t large_sum(int freed, int bytes) {
   return sum;
 }
 
+/* Pages of each size class that all heaps hold, and the most they held
+ * since the reset. A page is claimed and released by slow paths only. */
+static _Atomic(uint32_t) class_pages[BMM_CLASS_COUNT];
+static _Atomic(uint32_t) class_pages_peak[BMM_CLASS_COUNT];
+
+void bmm__stats_class_page(size_t cls, bool claimed) {
+  if (!claimed) {
+    atomic_fetch_sub_explicit(&class_pages[cls], 1, memory_order_relaxed);
+    return;
+  }
+  uint32_t now = atomic_fetch_add_explicit(&class_pages[cls], 1, memory_order_relaxed) + 1;
+  uint32_t peak = atomic_load_explicit(&class_pages_peak[cls], memory_order_relaxed);
+  while (now > peak && !atomic_compare_exchange_weak_explicit(&class_pages_peak[cls], &peak, now,
+                                                              memory_order_relaxed,
+                                                              memory_order_relaxed)) {
+  }
+}
+
+/* Bytes of one page of class c (see the page geometry in types.h). */
+static size_t class_page_bytes(size_t c) {
+  return bmm__class_size(c) <= BMM_SMALL_PAGE_MAX ? BMM_UNIT_SIZE
+                                                  : BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE;
+}
+
 /* Blocks handed out per size class by every thread since the reset. */
 static void class_allocs(uint64_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(uint64_t) * BMM_CLASS_COUNT);
@@ -105,6 +131,10 @@ BMM_API void bmm_stats_reset(void) {
   memset(class_base, 0, sizeof class_base);
   class_allocs(now);
   memcpy(class_base, now, sizeof class_base);
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
+    atomic_store_explicit(&class_pages_peak[c],
+                          atomic_load_explicit(&class_pages[c], memory_order_relaxed),
+                          memory_order_relaxed);
   for (int freed = 0; freed < 2; freed++)
     for (int bytes = 0; bytes < 2; bytes++) large_base[freed][bytes] = large_sum(freed, bytes);
 }
@@ -158,12 +188,17 @@ static void print_text(out_t *o) {
   uint64_t allocs[BMM_CLASS_COUNT];
   size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
   class_allocs(allocs);
-  out_str(o, "\n  size class   allocated  |  this thread: pages   blocks used   capacity      "
-             "bytes used\n");
+  out_str(o, "\n  size class   allocated   pages  peak memory  |  this thread: pages   "
+             "blocks used   capacity      bytes used\n");
   for (size_t c = 0; c < n; c++) {
-    if (cs[c].pages == 0 && allocs[c] == 0) continue;
+    uint32_t pages = atomic_load_explicit(&class_pages[c], memory_order_relaxed);
+    uint32_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
+    if (cs[c].pages == 0 && allocs[c] == 0 && peak == 0) continue;
     out_num(o, bmm__class_size(c), 12);
     out_num(o, allocs[c], 12);
+    out_num(o, pages, 8);
+    out_str(o, " ");
+    out_bytes(o, (size_t)peak * class_page_bytes(c));
     out_str(o, "  |");
     out_num(o, cs[c].pages, 19);
     out_num(o, cs[c].used, 14);
@@ -172,7 +207,8 @@ static void print_text(out_t *o) {
     out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
     out_str(o, "\n");
   }
-  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time)\n");
+  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time; pages: held by\n"
+             "   all heaps now; peak memory: the most pages held at once, in bytes)\n");
   out_str(o, "  large blocks: ");
   out_num(o, large_since(0, false), 0);
   out_str(o, " allocated (");
@@ -230,11 +266,14 @@ static void print_json(out_t *o) {
   class_allocs(allocs);
   first = true;
   for (size_t c = 0; c < n; c++) {
-    if (cs[c].pages == 0 && allocs[c] == 0) continue;
+    uint32_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
+    if (cs[c].pages == 0 && allocs[c] == 0 && peak == 0) continue;
     out_str(o, first ? "{" : ", {");
     first = false;
     json_field(o, "block_size", bmm__class_size(c), true);
     json_field(o, "allocated", allocs[c], true);
+    json_field(o, "all_pages", atomic_load_explicit(&class_pages[c], memory_order_relaxed), true);
+    json_field(o, "peak_bytes", (unsigned long long)peak * class_page_bytes(c), true);
     json_field(o, "pages", cs[c].pages, true);
     json_field(o, "used", cs[c].used, true);
     json_field(o, "capacity", cs[c].capacity, false);

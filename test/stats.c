@@ -83,9 +83,10 @@ int main(int argc, char **argv) {
   const char *row = strstr(text, "\n          48 ");
   CHECK(row != NULL);
   if (row != NULL) {
-    unsigned long allocated = 0, pages = 0, used = 0;
-    CHECK(sscanf(row, " 48 %lu | %lu %lu", &allocated, &pages, &used) == 3 && pages >= 1 &&
-          used >= 100);
+    unsigned long allocated = 0, all_pages = 0, pages = 0, used = 0;
+    CHECK(sscanf(row, " 48 %lu %lu %*f %*s | %lu %lu", &allocated, &all_pages, &pages, &used) ==
+              4 &&
+          all_pages >= pages && pages >= 1 && used >= 100);
   }
   CHECK(strstr(text, "large blocks: 1 allocated (     1.0 MiB), 0 freed") != NULL);
 
@@ -100,6 +101,18 @@ int main(int argc, char **argv) {
   unsigned long allocated = 0;
   CHECK(row != NULL && sscanf(row, " 208 %lu", &allocated) == 1);
   CHECK(allocated >= 10000 - 4096 / 208 && allocated <= 10000);
+  /* The class's peak memory: the 32 pages (315 blocks each) that held
+   * them at once, though they are gone now. */
+  text_len = 0;
+  CHECK(bmm_option_set("stats_json", 1) == 0);
+  bmm_stats_print(collect, text);
+  CHECK(bmm_option_set("stats_json", 0) == 0);
+  row = strstr(text, "{\"block_size\": 208, ");
+  unsigned long all_pages = 0, peak = 0;
+  CHECK(row != NULL && sscanf(row, "{\"block_size\": 208, \"allocated\": %lu, \"all_pages\": %lu, "
+                              "\"peak_bytes\": %lu",
+                              &allocated, &all_pages, &peak) == 3);
+  CHECK(peak >= 32 * 65536 && peak <= 40 * 65536 && all_pages < 32);
   bmm_stats_reset();
   bmm_free(bmm_malloc(300000)); /* one large block since the reset */
   text_len = 0;
