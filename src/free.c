@@ -21,9 +21,9 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
     notify = (tf & BMM_DF_MASK) == BMM_DF_USE;
     if (bmm_unlikely(notify)) {
       next = (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_FREEING;
-    } else {
-      bmm__set_next(page, block, (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK));
-      next = (uintptr_t)block | (tf & BMM_DF_MASK);
+    } else { /* block in front, one more counted, the state kept */
+      bmm__set_next(page, block, bmm__tf_head(tf));
+      next = (uintptr_t)block | ((tf & ~BMM_TF_HEAD_MASK) + BMM_TF_ONE);
     }
     /* release: block->next is visible to the owner that takes the list;
      * acquire: when we see USE we also see the page->heap the owner
@@ -57,8 +57,7 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
 static bool block_is_free(const bmm_page_t *page, const void *p) {
   bmm_theap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
-  bmm_block_t *lists[] = {page->free, page->local_free,
-                          (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK),
+  bmm_block_t *lists[] = {page->free, page->local_free, bmm__tf_head(tf),
                           heap != NULL && heap->leak_page == page ? heap->leak_rest : NULL};
   for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
     uint32_t n = 0;
@@ -117,6 +116,16 @@ static bmm_noinline void free_slow(void *p, bmm_page_t *page, const char *call) 
     if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
     if (bmm_unlikely(!bmm__secure && bmm__block_freed(page, p))) {
       bmm__error_block(p, call, "double free", page->block_size);
+      return;
+    }
+    /* Another thread's page: its lists cannot be read from here, and the
+     * owner takes remote frees without walking them, so the mark alone
+     * must tell. Every block handed out has it cleared, and the program
+     * never sees a page descriptor's address. */
+    if (bmm_unlikely(!bmm__secure && bmm__is_marked_free(page, p)) &&
+        (atomic_load_explicit(&page->tid, memory_order_relaxed) & ~BMM_TID_FLAGS) !=
+            bmm__os_thread_id()) {
+      bmm__error_block(p, call, "double free (of another thread's block)", page->block_size);
       return;
     }
     if (bmm__leak_check_free(page, p)) bmm__leak_forget(p, page);

@@ -82,29 +82,35 @@ void bmm__page_extend(bmm_page_t *page) {
 /* Take the blocks other threads freed into the page; returns how many. */
 size_t bmm__page_take_thread_free(bmm_page_t *page) {
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
-  if ((tf & ~(uintptr_t)BMM_DF_MASK) == 0) return 0;
+  if (bmm__tf_head(tf) == NULL) return 0;
   /* acquire: pairs with the release of each remote push, so the next
-   * pointers written by the freeing threads are visible to our walk. */
+   * pointers written by the freeing threads are visible to us. */
   while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
                                                 tf & BMM_DF_MASK, memory_order_acquire,
                                                 memory_order_relaxed)) {
   }
-  bmm_block_t *head = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
-  bmm_block_t *tail = head;
-  size_t count = 1;
-  bmm_block_t *next;
-  while ((next = bmm__next(page, tail)) != NULL) {
-    tail = next;
-    /* A list longer than the blocks out means a block was freed twice
-     * (the list then has a cycle): stop before walking forever. */
-    if (bmm_unlikely(++count > page->used)) {
-      bmm__error(tail, "free", "double free detected (block freed twice from other threads)");
-      return 0; /* drop the list rather than corrupt the page */
-    }
+  bmm_block_t *head = bmm__tf_head(tf);
+  uint32_t count = bmm__tf_count(tf);
+  /* More blocks back than out: one was freed twice (free_slow catches
+   * most of those by their mark, not a race between two threads). */
+  if (bmm_unlikely(count > page->used || count == 0)) {
+    bmm__error(head, "free", "double free detected (block freed twice from other threads)");
+    return 0; /* drop the list rather than corrupt the page */
   }
-  bmm__set_next(page, tail, page->local_free);
-  page->local_free = head;
-  page->used -= (uint32_t)count;
+  if (page->local_free == NULL) {
+    page->local_free = head; /* the common case with remote frees: no walk */
+  } else {
+    /* Splice: the list's tail is found by walking it, its length known. */
+    bmm_block_t *tail = head;
+    for (uint32_t i = 1; i < count && tail != NULL; i++) tail = bmm__next(page, tail);
+    if (bmm_unlikely(tail == NULL || bmm__next(page, tail) != NULL)) {
+      bmm__error(head, "free", "double free detected (block freed twice from other threads)");
+      return 0;
+    }
+    bmm__set_next(page, tail, page->local_free);
+    page->local_free = head;
+  }
+  page->used -= count;
   return count;
 }
 
@@ -155,7 +161,7 @@ bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_
   memset(freed, 0, words * sizeof freed[0]);
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
   const bmm_block_t *lists[4] = {page->free, page->local_free,
-                                 (const bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK), more};
+                                 bmm__tf_head(tf), more};
   uintptr_t lo = (uintptr_t)page->start, span = (uintptr_t)cap * page->block_size;
   for (int l = 0; l < 4; l++) {
     size_t steps = 0;

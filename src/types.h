@@ -107,6 +107,24 @@ enum {
   BMM_DF_MASK = 3,
 };
 
+/* page->thread_free packs three things into one word, changed together by
+ * one CAS: the delayed-free state (bits 0-1), the list head (blocks are
+ * 16-aligned and lie below 2^BMM_ADDRESS_BITS) and, above that, how many
+ * blocks the list holds (a page has at most 4096), so that the owner can
+ * take the list without walking it: each block there was written by
+ * another thread, and walking them costs a cache miss apiece. */
+#define BMM_TF_COUNT_SHIFT BMM_ADDRESS_BITS
+#define BMM_TF_ONE ((uintptr_t)1 << BMM_TF_COUNT_SHIFT)
+#define BMM_TF_HEAD_MASK ((BMM_TF_ONE - 1) & ~(uintptr_t)BMM_DF_MASK)
+_Static_assert(sizeof(uintptr_t) == 8, "thread_free needs spare pointer bits for its count");
+
+static inline bmm_block_t *bmm__tf_head(uintptr_t tf) {
+  return (bmm_block_t *)(tf & BMM_TF_HEAD_MASK);
+}
+static inline uint32_t bmm__tf_count(uintptr_t tf) {
+  return (uint32_t)(tf >> BMM_TF_COUNT_SHIFT);
+}
+
 /* One descriptor per unit, kept in the arena header (never in the page
  * itself, so blocks start at offset 0 and power-of-two classes come out
  * naturally aligned). A page spanning several units uses the descriptor of

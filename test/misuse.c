@@ -3,7 +3,8 @@
  * static object, of memory from mmap, of a pointer into the middle of a
  * small, medium or large block, a second free of a large, a small or a
  * medium block (right after the first, after other frees, after another
- * thread freed it) and a realloc of a freed small block. The
+ * thread freed it, by another thread after the owner freed it, twice by
+ * another thread) and a realloc of a freed small block. The
  * child must die of SIGABRT after printing exactly one diagnostic line
  * naming the call and the address. Then the same cases run with
  * abort_on_error=0 in one process: each call is reported and ignored, and
@@ -37,6 +38,8 @@ typedef enum {
   DOUBLE_FREE_SMALL_DEEP,
   DOUBLE_FREE_MEDIUM,
   DOUBLE_FREE_AFTER_REMOTE,
+  DOUBLE_FREE_REMOTE_AFTER_OWNER,
+  DOUBLE_FREE_REMOTE_TWICE,
   REALLOC_STACK,
   REALLOC_INTERIOR,
   REALLOC_FREED,
@@ -47,11 +50,13 @@ static const char *const case_name[CASE_COUNT] = {
     "free(stack)",          "free(static)",         "free(mmap)",
     "free(interior small)", "free(interior medium)", "free(interior large)",
     "double free large",    "double free small",    "double free small, deep",
-    "double free medium",   "double free after a remote free", "realloc(stack)",
+    "double free medium",   "double free after a remote free",
+    "double free by another thread after the owner", "double free twice by another thread",
+    "realloc(stack)",
     "realloc(interior)",    "realloc(freed)"};
 static const char *const case_call[CASE_COUNT] = {
-    "free(", "free(", "free(", "free(", "free(", "free(", "free(",
-    "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc("};
+    "free(", "free(", "free(", "free(", "free(", "free(", "free(", "free(",
+    "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc("};
 
 static void *free_in_thread(void *p) {
   bmm_free(p);
@@ -120,6 +125,21 @@ static void *do_misuse(misuse_t c) {
     CHECK(pthread_join(t, NULL) == 0);
     bad = p;
     bmm_free(bad);
+    break;
+  }
+  case DOUBLE_FREE_REMOTE_AFTER_OWNER:
+  case DOUBLE_FREE_REMOTE_TWICE: { /* the second free comes from another thread */
+    void *p = bmm_malloc(48);
+    pthread_t t;
+    if (c == DOUBLE_FREE_REMOTE_AFTER_OWNER) {
+      bmm_free(p);
+    } else {
+      CHECK(pthread_create(&t, NULL, free_in_thread, p) == 0);
+      CHECK(pthread_join(t, NULL) == 0);
+    }
+    bad = p;
+    CHECK(pthread_create(&t, NULL, free_in_thread, bad) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
     break;
   }
   case REALLOC_FREED: {

@@ -41,7 +41,7 @@ static uintptr_t df_state(bmm_page_t *page) {
 }
 
 static uintptr_t df_list(bmm_page_t *page) {
-  return atomic_load(&page->thread_free) & ~(uintptr_t)BMM_DF_MASK;
+  return (uintptr_t)bmm__tf_head(atomic_load(&page->thread_free));
 }
 
 static bool in_queue(const bmm_page_queue_t *q, const bmm_page_t *page) {

@@ -49,6 +49,7 @@ static uintptr_t df_state(bmm_page_t *page) {
   return atomic_load(&page->thread_free) & BMM_DF_MASK;
 }
 
+/* thread_free without the state: the list head and its count. */
 static uintptr_t df_list(bmm_page_t *page) {
   return atomic_load(&page->thread_free) & ~(uintptr_t)BMM_DF_MASK;
 }
@@ -77,9 +78,10 @@ static void push_remote(bmm_page_t *page, void *p) {
   bmm_block_t *block = p;
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
   do {
-    block->next = (bmm_block_t *)(tf & ~(uintptr_t)BMM_DF_MASK);
+    block->next = bmm__tf_head(tf);
   } while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
-                                                  (uintptr_t)block | (tf & BMM_DF_MASK),
+                                                  (uintptr_t)block |
+                                                      ((tf & ~BMM_TF_HEAD_MASK) + BMM_TF_ONE),
                                                   memory_order_release, memory_order_relaxed));
 }
 
@@ -375,8 +377,8 @@ static void check_delayed(void) {
   /* A list on thread_free whose pointer must survive every transition. */
   push_remote(page, a);
   push_remote(page, b);
-  uintptr_t list = df_list(page);
-  CHECK(list == (uintptr_t)b);
+  uintptr_t list = df_list(page); /* head and count */
+  CHECK(bmm__tf_head(list) == b && bmm__tf_count(list) == 2);
 
   const unsigned from_normal = 1u << BMM_DF_NORMAL, from_use = 1u << BMM_DF_USE,
                  from_never = 1u << BMM_DF_NEVER;
