@@ -571,8 +571,13 @@ static bool huge_cache_put(bmm_arena_t *h) {
   return kept;
 }
 
-/* A cached mapping whose block starts at `offset` and that can hold
- * `total` bytes (resized in place), or NULL. */
+/* A cached mapping whose block starts at `offset`, resized to hold `total`
+ * bytes, or NULL. Shrinking costs an mremap and, in a threaded process, a
+ * TLB shootdown on every CPU, so a mapping at most a quarter bigger is
+ * taken as it is (the block is then bigger than asked). Not more: pages
+ * the earlier blocks touched stay resident in the slack, and with sizes
+ * that vary they pile up (w_large: twice the RSS with a 2x slack). A
+ * smaller mapping (at least half) grows where it stands if it can. */
 static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
   if (atomic_load_explicit(&huge_cache_count, memory_order_relaxed) == 0) return NULL;
   bmm_arena_t *found = NULL;
@@ -580,10 +585,9 @@ static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
   for (size_t i = 0; i < BMM_HUGE_CACHE && found == NULL; i++) {
     bmm_arena_t *h = huge_cache[i].h;
     if (h == NULL || h->pages[offset >> BMM_UNIT_SHIFT].start != (uint8_t *)h + offset) continue;
-    /* Not much bigger than asked (the rest would sit unused), and it must
-     * resize to exactly `total` where it stands. */
-    if (h->map_size > 2 * total) continue;
-    if (h->map_size != total && bmm__os_remap(h, h->map_size, total, NULL) != (void *)h)
+    if (h->map_size > 2 * total || 2 * h->map_size < total) continue;
+    if (h->map_size >= total && h->map_size - total <= total / 4) total = h->map_size;
+    else if (h->map_size != total && bmm__os_remap(h, h->map_size, total, NULL) != (void *)h)
       continue;
     atomic_fetch_add_explicit(&huge_bytes, total, memory_order_relaxed);
     atomic_fetch_sub_explicit(&huge_bytes, h->map_size, memory_order_relaxed);
@@ -652,6 +656,7 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   size_t total = (offset + size + ps - 1) & ~(ps - 1);
   bmm_arena_t *h = huge_cache_take(offset, total);
   bool fresh = h == NULL;
+  if (!fresh) total = h->map_size; /* it may be bigger */
   if (fresh) h = bmm__os_reserve_aligned(total, BMM_REGION_SIZE, true);
   if (h == NULL) {
     errno = ENOMEM;
