@@ -72,16 +72,22 @@ static bool block_is_free(const bmm_page_t *page, const void *p) {
   return false;
 }
 
+/* p carries the free mark of the default mode: is it free? The owner
+ * confirms it on the page's lists. Another thread cannot read them, and
+ * the owner takes remote frees without walking them, so for it the mark
+ * alone tells: every block handed out has it cleared, and the program
+ * never sees a page descriptor's address. */
+static bool marked_block_freed(const bmm_page_t *page, const void *p) {
+  uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
+  return (tid & ~BMM_TID_FLAGS) != bmm__os_thread_id() || block_is_free(page, p);
+}
+
 /* p, the start of a block of small or medium `page`, is free, as far as
- * the calling thread can tell: secure mode trusts its keyed mark; the
- * default mode confirms its mark on the page's lists, which only the
- * owner may read (another thread's second free is caught when the owner
- * collects, page.c). */
+ * the calling thread can tell: secure mode trusts its keyed mark, the
+ * default mode its mark as marked_block_freed says. */
 bool bmm__block_freed(const bmm_page_t *page, const void *p) {
   if (bmm__secure) return bmm__secure_is_marked(page, p);
-  if (!bmm__is_marked_free(page, p)) return false;
-  uintptr_t tid = atomic_load_explicit(&page->tid, memory_order_relaxed);
-  return (tid & ~BMM_TID_FLAGS) == bmm__os_thread_id() && block_is_free(page, p);
+  return bmm__is_marked_free(page, p) && marked_block_freed(page, p);
 }
 
 /* p starts no block of BrainMM's own heaps: it is a fixed heap's block
@@ -114,18 +120,8 @@ static bmm_noinline void free_slow(void *p, bmm_page_t *page, const char *call) 
       return;
     }
     if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
-    if (bmm_unlikely(!bmm__secure && bmm__block_freed(page, p))) {
+    if (bmm_unlikely(!bmm__secure && bmm__is_marked_free(page, p)) && marked_block_freed(page, p)) {
       bmm__error_block(p, call, "double free", page->block_size);
-      return;
-    }
-    /* Another thread's page: its lists cannot be read from here, and the
-     * owner takes remote frees without walking them, so the mark alone
-     * must tell. Every block handed out has it cleared, and the program
-     * never sees a page descriptor's address. */
-    if (bmm_unlikely(!bmm__secure && bmm__is_marked_free(page, p)) &&
-        (atomic_load_explicit(&page->tid, memory_order_relaxed) & ~BMM_TID_FLAGS) !=
-            bmm__os_thread_id()) {
-      bmm__error_block(p, call, "double free (of another thread's block)", page->block_size);
       return;
     }
     if (bmm__leak_check_free(page, p)) bmm__leak_forget(p, page);
