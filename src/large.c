@@ -437,9 +437,6 @@ static size_t free_units(bmm_arena_t *a, size_t unit, int dir, size_t enough) {
   return n;
 }
 
-/* Resize the span at p to `n` pages where it stands, taking free space on
- * the right first, then on the left. Returns the block's new address, or
- * NULL when the neighbours cannot give enough (nothing changed then). */
 static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode);
 
 /* Resize to n usable pages; in secure mode the guard page moves to the new
@@ -463,7 +460,10 @@ static void *span_resize(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode)
   return q;
 }
 
-/* Resize the span's tags to n pages (guard included); see span_resize. */
+/* Resize the span at p to `n` pages (its guard included) where it stands,
+ * taking free space on the right first, then on the left. Returns the
+ * block's new address, or NULL when the neighbours cannot give enough
+ * (nothing changed then). */
 static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t mode) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t pg = page_index(a, p);

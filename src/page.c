@@ -91,8 +91,9 @@ size_t bmm__page_take_thread_free(bmm_page_t *page) {
   }
   bmm_block_t *head = bmm__tf_head(tf);
   uint32_t count = bmm__tf_count(tf);
-  /* More blocks back than out: one was freed twice (free_slow catches
-   * most of those by their mark, not a race between two threads). */
+  /* More blocks back than out: one was freed twice. free_slow catches
+   * most double frees by their mark; this is for what gets past it (two
+   * threads freeing the same block at once). */
   if (bmm_unlikely(count > page->used || count == 0)) {
     bmm__error(head, "free", "double free detected (block freed twice from other threads)");
     return 0; /* drop the list rather than corrupt the page */
