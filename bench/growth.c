@@ -7,7 +7,7 @@
  *   growth double [MAX_MB]  the same by doubling, to MAX_MB (default 1024)
  *   growth rss [DELAY_MS]   allocate 1 GiB as 8 MiB blocks, touch them, free
  *                           them, wait DELAY_MS (default 300: BrainMM's
- *                           purge delay is 25) and make one small call;
+ *                           purge delay is 10) and make one small call;
  *                           report RSS before, at the peak and after
  *   growth cycle [ITERS]    allocate, touch and free the same 8 MiB block
  *                           ITERS times (default 200): page faults per
