@@ -144,7 +144,8 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     return NULL;
   }
   uint8_t kind = page != NULL ? atomic_load_explicit(&page->kind, memory_order_relaxed) : 0;
-  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && bmm_unlikely(bmm__block_freed(page, p))) {
+  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) &&
+      bmm_unlikely(bmm__secure || bmm__is_marked_free(page, p)) && bmm__block_freed(page, p)) {
     bmm__error_block(p, call, "pointer to a freed block", page->block_size);
     errno = EINVAL;
     return NULL;
