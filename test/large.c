@@ -11,7 +11,10 @@
  *     bmm_collect(true), and never with purge_delay=-1 until collected;
  *   - an arena with nothing in use gives its address space back and is
  *     mapped again when needed;
- *   - exhausting RLIMIT_AS gives NULL + ENOMEM and a heap that still works.
+ *   - exhausting RLIMIT_AS gives NULL + ENOMEM and a heap that still works;
+ *   - freed huge blocks are reused from the cache as they are when at most
+ *     a quarter too big, grown or shrunk to size otherwise, with contents
+ *     and usable sizes right every time.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -327,6 +330,33 @@ static void test_rlimit(void) {
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* The huge-block cache (arena.c): a freed huge block is reused for the
+ * next request it suits. Within purge_delay (1 s here) the cached mapping
+ * is found; its block must hold the request and be at most a quarter too
+ * big, or resized to it. */
+static void test_huge_cache(void) {
+  CHECK(bmm_option_set("purge_delay", 1000) == 0);
+  bmm_collect(true); /* an empty cache */
+  static const size_t sizes[] = {20 * MiB, 18 * MiB, 30 * MiB, 17 * MiB, 40 * MiB, 20 * MiB};
+  uint8_t *prev = NULL;
+  size_t reused = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    uint8_t *p = bmm_malloc(sizes[i]);
+    if (!CHECK(p != NULL)) return;
+    size_t usable = bmm_usable_size(p);
+    CHECK(usable >= sizes[i] && usable <= sizes[i] + sizes[i] / 4 + BMM_UNIT_SIZE);
+    fill(p, usable, (uint8_t)i);
+    CHECK(intact(p, usable, (uint8_t)i));
+    reused += p == prev;
+    prev = p;
+    bmm_free(p);
+  }
+  CHECK(reused >= 2); /* from the cache: the same region (3 of 5 here) */
+  CHECK(bmm_heap_check());
+  bmm_collect(true);
+  CHECK(bmm_option_set("purge_delay", 100) == 0);
+}
+
 int main(void) {
   CHECK(bmm_option_set("purge_delay", 100) == 0);
   test_grow_left_pages(); /* first: it needs a heap with no free spans */
@@ -336,6 +366,7 @@ int main(void) {
   test_purge();
   test_arena_release();
   test_rlimit();
+  test_huge_cache();
   for (int i = 0; i < nskip; i++) bmm_free(skip[i]);
   CHECK(bmm_heap_check());
   return check_done();
