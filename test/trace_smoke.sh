@@ -27,8 +27,6 @@ limit=120 # seconds for any one program
 
 . "$(dirname "$0")/check.sh"
 
-# field "LINE" KEY: the value of KEY=value in LINE (empty when absent).
-field() { sed -n "s/.*[ ^]$2=\([^ ]*\).*/\1/p" <<<" $1"; }
 # check NAME GOT WANT
 check() {
   if [ -n "$2" ] && [ "$2" = "$3" ]; then pass "$1 ($2)"; else fail "$1: got '$2', expected '$3'"; fi
