@@ -73,7 +73,9 @@ static bmm_noinline void *malloc_slow(bmm_theap_t *heap, size_t size) {
  * of its class, costs a call and not a whole slow path. */
 bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
   if (bmm_unlikely(bmm__secure_fast) && size <= BMM_MEDIUM_MAX - BMM_CANARY) {
-    bmm_page_t *page = heap->queues[bmm__class_of(bmm__class_request(size))].first;
+    size_t need = (size == 0 ? 1 : size) + BMM_CANARY; /* bmm__class_request's, known secure */
+    bmm_page_t *page = need <= BMM_SMALL_MAX ? heap->sdirect[(need + BMM_ALIGN - 1) / BMM_ALIGN]
+                                             : heap->queues[bmm__class_of(need)].first;
     if (bmm_likely(page != NULL && page->free != NULL)) return bmm__secure_pop(page);
   }
   return malloc_slow(heap, size);

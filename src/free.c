@@ -99,7 +99,7 @@ static void free_other(void *p, const char *call, const char *what) {
     bmm__error(p, call, "double free, or pointer into a block, of a fixed heap");
 }
 
-static bmm_noinline void free_slow(void *p, bmm_page_t *page, const char *call) {
+bmm_noinline void bmm__free_slow(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
   if (bmm_unlikely(page == NULL)) {
     if (bmm_unlikely(bmm__leak)) bmm__leak_forget(p, NULL);
@@ -180,18 +180,13 @@ static bmm_noinline void free_slow(void *p, bmm_page_t *page, const char *call) 
   }
 }
 
-/* Secure mode's way into free_slow: its short path first. */
-static bmm_noinline void free_secure(void *p, bmm_page_t *page, const char *call) {
-  if (!bmm__secure_free_owned(page, p)) free_slow(p, page, call);
-}
-
 /* Where the inline fast path sends everything else. No stack frame before
  * the tests: free(NULL) comes here, and some programs call it a lot (the
  * python3 trace of bench/: about a million times). */
 bmm_noinline void bmm__free_generic(void *p, bmm_page_t *page, const char *call) {
   if (p == NULL) return;
-  if (bmm_unlikely(bmm__secure_fast) && page != NULL) free_secure(p, page, call);
-  else free_slow(p, page, call);
+  if (bmm_unlikely(bmm__secure_fast) && page != NULL) bmm__secure_free(p, page, call);
+  else bmm__free_slow(p, page, call);
 }
 
 BMM_API void bmm_free(void *p) {

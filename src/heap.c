@@ -45,15 +45,19 @@ static inline bmm_page_queue_t *heap_queue_at(bmm_theap_t *heap, size_t i) {
 /* ---- Queues and the direct table ------------------------------------- */
 
 /* Point the direct entries of class `cls` at its queue's first page (the
- * direct table serves plain requests only: nothing for aligned queues). */
+ * direct table serves plain requests only: nothing for aligned queues).
+ * bmm__all_slow keeps the table empty: every malloc takes the slow path,
+ * where secure mode (without leak tracking) has its own table, of the
+ * same layout (it is indexed by the request plus its canary). */
 static void heap_direct_update(bmm_theap_t *heap, size_t cls) {
-  /* bmm__all_slow keeps the table empty: every malloc takes the slow path. */
-  if (cls >= BMM_CLASS_COUNT || bmm__all_slow) return;
+  if (cls >= BMM_CLASS_COUNT || (bmm__all_slow && !bmm__secure_fast)) return;
   size_t size = bmm__class_size(cls);
   if (size > BMM_SMALL_MAX) return;
-  bmm_page_t *page = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
+  bmm_page_t **table = bmm__secure_fast ? heap->sdirect : heap->direct;
+  bmm_page_t *page = heap->queues[cls].first;
+  if (page == NULL && !bmm__secure_fast) page = &bmm__page_empty;
   size_t lo = cls == 0 ? 0 : bmm__class_size(cls - 1) / BMM_ALIGN + 1;
-  for (size_t i = lo; i <= size / BMM_ALIGN; i++) heap->direct[i] = page;
+  for (size_t i = lo; i <= size / BMM_ALIGN; i++) table[i] = page;
 }
 
 static void queue_remove(bmm_page_queue_t *q, bmm_page_t *page) {
@@ -526,6 +530,7 @@ bool bmm__heap_check(bmm_theap_t *heap) {
     size_t cls = bmm__class_of(i * BMM_ALIGN);
     bmm_page_t *want = heap->queues[cls].first ? heap->queues[cls].first : &bmm__page_empty;
     if (heap->direct[i] != (bmm__all_slow ? &bmm__page_empty : want)) return false;
+    if (heap->sdirect[i] != (bmm__secure_fast ? heap->queues[cls].first : NULL)) return false;
   }
   return true;
 }

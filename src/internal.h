@@ -187,7 +187,7 @@ extern bool bmm__all_slow;
  * and read only by slow paths. */
 extern int bmm__secure;
 /* Secure mode without leak tracking: the slow paths start with secure
- * mode's own short paths (bmm__secure_free_owned, bmm__secure_pop). */
+ * mode's own short paths (bmm__secure_free, bmm__secure_pop). */
 extern bool bmm__secure_fast;
 /* Bit 1 of a tid: no thread id has it (ids are TCB addresses), so the free
  * fast path's compare always fails: set in every heap's tid when
@@ -244,7 +244,7 @@ void bmm__secure_page_init(bmm_page_t *page);
 void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n);
 void *bmm__secure_pop(bmm_page_t *page);
 bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call);
-bool bmm__secure_free_owned(bmm_page_t *page, void *p);
+void bmm__secure_free(void *p, bmm_page_t *page, const char *call);
 bool bmm__secure_is_marked(const bmm_page_t *page, const void *p);
 void bmm__secure_guard_tail(bmm_page_t *page);
 void bmm__secure_unguard(bmm_page_t *page);
@@ -332,6 +332,7 @@ void *bmm__malloc_aligned(size_t size, size_t align);
 size_t bmm__aligned_queue(size_t size, size_t align);
 int bmm__posix_memalign_slow(void **out, size_t align, size_t size);
 void bmm__free_generic(void *p, bmm_page_t *page, const char *call);
+void bmm__free_slow(void *p, bmm_page_t *page, const char *call);
 size_t bmm__usable_size_checked(const void *p, const char *call);
 bool bmm__block_freed(const bmm_page_t *page, const void *p);
 size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call);

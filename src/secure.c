@@ -244,23 +244,25 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
 }
 
 /* ---- Fast paths ----------------------------------------------------------- */
-/* Secure mode's common free: a block of a page the calling thread owns and
- * that is not full (its tid is exactly the heap's, BMM_TID_SLOW included),
- * intact. Anything else (another thread's page, a double free, a broken
- * canary, an interior pointer) returns false for bmm__free_generic, which
- * checks and reports it. Skips free_generic's dispatch on the page kind:
- * only small and medium pages carry a thread's tid. */
-bool bmm__secure_free_owned(bmm_page_t *page, void *p) {
-  if (atomic_load_explicit(&page->tid, memory_order_relaxed) !=
-          (bmm__os_thread_id() | BMM_TID_SLOW) ||
-      bmm__page_block_index(page, p) >= page->reserved)
-    return false;
-  const uint64_t *w = p;
-  const uint64_t *c = (const uint64_t *)((const uint8_t *)p + page->block_size - BMM_CANARY);
-  uint64_t want = canary(page, p);
-  if (bmm_unlikely(w[1] == free_mark(page, p) || ((c[0] ^ want) | (c[1] ^ want)) != 0))
-    return false;
-  mark_free(page, p);
-  bmm__free_local(page, p);
-  return true;
+/* Secure mode's free (bmm__free_generic sends it every pointer of BrainMM's
+ * regions). The common case is handled here: a block of a page the calling
+ * thread owns and that is not full (its tid is exactly the heap's,
+ * BMM_TID_SLOW included), intact. That skips free_slow's dispatch on the
+ * page kind: only small and medium pages carry a thread's tid. Anything
+ * else (another thread's page, a double free, a broken canary, an interior
+ * pointer) goes to bmm__free_slow, which checks and reports it. */
+void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
+  if (atomic_load_explicit(&page->tid, memory_order_relaxed) ==
+          (bmm__os_thread_id() | BMM_TID_SLOW) &&
+      bmm__page_block_index(page, p) < page->reserved) {
+    const uint64_t *w = p;
+    const uint64_t *c = (const uint64_t *)((const uint8_t *)p + page->block_size - BMM_CANARY);
+    uint64_t want = canary(page, p);
+    if (bmm_likely(w[1] != free_mark(page, p) && ((c[0] ^ want) | (c[1] ^ want)) == 0)) {
+      mark_free(page, p);
+      bmm__free_local(page, p);
+      return;
+    }
+  }
+  bmm__free_slow(p, page, call);
 }

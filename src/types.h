@@ -243,6 +243,10 @@ typedef struct bmm_page_queue_s {
  * reading page->heap while the owner abandons (abandonment waits for it). */
 struct bmm_theap_s {
   bmm_page_t *direct[BMM_DIRECT_COUNT]; /* (size+15)/16 -> page to try first */
+  /* Secure mode's (bmm__secure_fast) own table, by the request with its
+   * canary: (size+16+15)/16 -> page, NULL for none. The one above stays
+   * empty then, so that the inline fast path never pops a secure list. */
+  bmm_page_t *sdirect[BMM_DIRECT_COUNT];
   /* queues[c]: pages of class c for plain requests; queues[BMM_CLASS_COUNT
    * + c]: pages of class c that serve aligned requests (align_log != 0), so
    * that realloc knows which blocks must stay aligned. */
