@@ -243,10 +243,6 @@ typedef struct bmm_page_queue_s {
  * reading page->heap while the owner abandons (abandonment waits for it). */
 struct bmm_theap_s {
   bmm_page_t *direct[BMM_DIRECT_COUNT]; /* (size+15)/16 -> page to try first */
-  /* Secure mode's (bmm__secure_fast) own table, by the request with its
-   * canary: (size+16+15)/16 -> page, NULL for none. The one above stays
-   * empty then, so that the inline fast path never pops a secure list. */
-  bmm_page_t *sdirect[BMM_DIRECT_COUNT];
   /* queues[c]: pages of class c for plain requests; queues[BMM_CLASS_COUNT
    * + c]: pages of class c that serve aligned requests (align_log != 0), so
    * that realloc knows which blocks must stay aligned. */
@@ -282,6 +278,13 @@ struct bmm_theap_s {
   uint32_t leak_rest_n;
   uint32_t leak_qi;
   bool leak_record_next;
+  /* Secure mode's (bmm__secure_fast) own direct table, by the request with
+   * its canary: (size+16+15)/16 -> page, NULL for none. `direct` stays
+   * empty then, so that the inline fast path never pops a secure list.
+   * Kept away from the fields the default mode's fast paths and page
+   * queues use, which stay where they were (micro fixed 64 measured 5%
+   * slower with this table between them). */
+  bmm_page_t *sdirect[BMM_DIRECT_COUNT];
   /* Kept when the struct is recycled (heap_make clears what is above):
    * blocks handed out per size class, counted a used-up free list at a
    * time by the slow path (the owner writes, bmm_stats_print reads), and
