@@ -2,10 +2,11 @@
  * API (alloc.c, free.c) and the standard names (override/malloc.c) so that
  * both compile to the same few instructions with no extra call.
  *
- * malloc: one TLS load, one table load, pop the page's free list.
+ * malloc: one TLS load, one table load, pop the page's free list, clear
+ *         the block's free mark.
  * free:   one region-map byte, the page descriptor, a thread-id compare,
- *         push on the page's local list. Everything else is a noinline
- *         slow path in alloc.c / free.c / heap.c.
+ *         the block's free mark, push on the page's local list. Everything
+ *         else is a noinline slow path in alloc.c / free.c / heap.c.
  */
 #ifndef BMM_FASTPATH_H
 #define BMM_FASTPATH_H
@@ -147,7 +148,9 @@ bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
  * full: page->tid equals our id exactly only then (a full page has bit 0
  * set, see page_set_full in heap.c). It also checks that p starts a block
  * (three arithmetic instructions, see bmm__page_block_index): an interior
- * pointer pushed on a free list would hand the same bytes out twice. */
+ * pointer pushed on a free list would hand the same bytes out twice; and
+ * that it is not marked free (a double free, which the slow path confirms
+ * and reports). */
 bmm_inline void bmm__free_fast(void *p, const char *call) {
   if (bmm_unlikely(!bmm__is_ours(p))) { /* NULL, foreign */
     bmm__free_generic(p, NULL, call);
