@@ -2,7 +2,9 @@
  * initialises, so the default fast paths carry none of it: in secure mode
  * the direct table stays empty and every page's tid has BMM_TID_SLOW set,
  * so malloc and free always fall through to the slow paths, which call
- * here. What it adds, per small or medium block (no header is added):
+ * here first (bmm__secure_free; bmm__secure_pop on the page the heap's
+ * secure direct table names). What it adds, per small or medium block
+ * (no header is added):
  *   - free-list links encoded with the page's secret key and the link's
  *     own address, and checked when decoded (a forged or overwritten link
  *     is reported, not followed);
@@ -80,15 +82,15 @@ void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *n
   b->next = (bmm_block_t *)(uintptr_t)enc;
 }
 
-/* Decoded link of b; a link that leads outside the page's blocks was
- * overwritten (a write after free): reported, and the list ends here (the
- * blocks after it are lost rather than trusted). */
 static bmm_noinline bmm_block_t *bad_link(const bmm_page_t *page, const bmm_block_t *b) {
   bmm__error_block(b, "malloc", "free list corrupted: a freed block was written to",
                    page->block_size);
   return NULL;
 }
 
+/* Decoded link of b; a link that leads outside the page's blocks was
+ * overwritten (a write after free): reported, and the list ends here (the
+ * blocks after it are lost rather than trusted). */
 static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
   uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
   unsigned r = (unsigned)(page->key >> 58);
