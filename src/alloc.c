@@ -24,17 +24,7 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
     }
   }
   bmm_assert_expensive(bmm__page_is_valid(page));
-  bmm_block_t *block;
-  if (bmm__secure) {
-    block = bmm__secure_pop(page);
-  } else {
-    block = page->free;
-    page->free = block->next;
-    page->used++;
-    bmm__unmark(block);
-    bmm__track_alloc(block, page->block_size);
-    if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
-  }
+  void *block = bmm__secure ? bmm__secure_pop(page) : bmm__page_pop(page, page->free);
   if (bmm_unlikely(bmm__leak)) bmm__leak_on_alloc(heap, page, qi, block);
   return block;
 }
@@ -146,8 +136,7 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     return NULL;
   }
   uint8_t kind = page != NULL ? atomic_load_explicit(&page->kind, memory_order_relaxed) : 0;
-  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) &&
-      bmm_unlikely(bmm__secure || bmm__is_marked_free(page, p)) && bmm__block_freed(page, p)) {
+  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && bmm_unlikely(bmm__block_freed(page, p))) {
     bmm__error_block(p, call, "pointer to a freed block", page->block_size);
     errno = EINVAL;
     return NULL;

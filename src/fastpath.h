@@ -35,19 +35,23 @@ bmm_inline void bmm__unmark(void *p) {
   ((bmm_page_t **)p)[1] = NULL;
 }
 
+/* Hand out `block`, the first of `page`'s free list (default mode: secure
+ * mode pops with bmm__secure_pop). */
+bmm_inline void *bmm__page_pop(bmm_page_t *page, bmm_block_t *block) {
+  page->free = block->next;
+  page->used++;
+  bmm__unmark(block);
+  bmm__track_alloc(block, page->block_size);
+  if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
+  return block;
+}
+
 /* Pop a block of `size` (at most BMM_SMALL_MAX) from the page the direct
  * table of `heap` names, or NULL when that page has none ready. */
 bmm_inline void *bmm__heap_pop_small(bmm_theap_t *heap, size_t size) {
   bmm_page_t *page = heap->direct[(size + BMM_ALIGN - 1) / BMM_ALIGN];
   bmm_block_t *block = page->free;
-  if (bmm_likely(block != NULL)) {
-    page->free = block->next;
-    page->used++;
-    bmm__unmark(block);
-    bmm__track_alloc(block, page->block_size);
-    if (bmm__debug) memset(block, BMM_DEBUG_FILL_ALLOC, page->block_size);
-  }
-  return block;
+  return bmm_likely(block != NULL) ? bmm__page_pop(page, block) : NULL;
 }
 
 bmm_inline void *bmm__malloc_fast(size_t size) {
@@ -73,11 +77,7 @@ bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
   if (bmm_unlikely(page == NULL)) return NULL;
   bmm_block_t *block = page->free;
   if (bmm_unlikely(block == NULL)) return NULL;
-  page->free = block->next; /* the page's align_log covers `align` already */
-  page->used++;
-  bmm__unmark(block);
-  bmm__track_alloc(block, page->block_size);
-  return block;
+  return bmm__page_pop(page, block); /* the page's align_log covers `align` already */
 }
 
 /* posix_memalign's fast path (shared by bmm_posix_memalign and the
