@@ -761,21 +761,11 @@ static void test_threads(void) {
   static mt_arg_t args[MT_THREADS];
   pthread_barrier_t start;
   pthread_barrier_init(&start, NULL, MT_THREADS);
-  pthread_t tid[MT_THREADS];
-  for (int i = 0; i < MT_THREADS; i++) {
-    pthread_mutex_init(&boxes[i].lock, NULL);
-    boxes[i].n = 0;
-    memset(&args[i], 0, sizeof args[i]);
-    args[i].h = h;
-    args[i].rg = &g.rg;
-    args[i].index = i;
-    args[i].ops = 40000;
-    args[i].boxes = boxes;
-    args[i].start = &start;
-    CHECK(pthread_create(&tid[i], NULL, mt_worker, &args[i]) == 0);
-  }
+  mailboxes_init(boxes, MT_THREADS);
   for (int i = 0; i < MT_THREADS; i++)
-    pthread_join(tid[i], NULL);
+    args[i] = (mt_arg_t){
+        .h = h, .rg = &g.rg, .index = i, .ops = 40000, .boxes = boxes, .start = &start};
+  run_threads(MT_THREADS, mt_worker, args, sizeof args[0]);
   pthread_barrier_destroy(&start);
   size_t n = 0, full = 0;
   blk_t *live = bmm_malloc(MT_THREADS * (MT_SLOTS + MT_BOX) * sizeof *live);

@@ -573,16 +573,10 @@ static void test_threads(void) {
   static mt_arg_t args[MT_THREADS];
   pthread_barrier_t start;
   pthread_barrier_init(&start, NULL, MT_THREADS);
-  pthread_t tid[MT_THREADS];
-  for (int i = 0; i < MT_THREADS; i++) {
-    pthread_mutex_init(&boxes[i].lock, NULL);
-    boxes[i].n = 0;
-    memset(&args[i], 0, sizeof args[i]);
-    args[i] = (mt_arg_t){.h = h, .index = i, .ops = 40000, .boxes = boxes, .start = &start};
-    CHECK(pthread_create(&tid[i], NULL, mt_worker, &args[i]) == 0);
-  }
+  mailboxes_init(boxes, MT_THREADS);
   for (int i = 0; i < MT_THREADS; i++)
-    pthread_join(tid[i], NULL);
+    args[i] = (mt_arg_t){.h = h, .index = i, .ops = 40000, .boxes = boxes, .start = &start};
+  run_threads(MT_THREADS, mt_worker, args, sizeof args[0]);
   pthread_barrier_destroy(&start);
 
   /* Every block still live: the threads' slots and the undelivered mail. */
@@ -677,14 +671,9 @@ static void test_remote(void) {
       if (!blk_alloc(h, &blocks[i])) failed++;
     }
     CHECK_EQ_SZ(failed, 0);
-    pthread_t tid[REMOTE_THREADS];
     remote_arg_t args[REMOTE_THREADS];
-    for (int i = 0; i < REMOTE_THREADS; i++) {
-      args[i] = (remote_arg_t){h, blocks, REMOTE_BLOCKS, i};
-      CHECK(pthread_create(&tid[i], NULL, remote_freer, &args[i]) == 0);
-    }
-    for (int i = 0; i < REMOTE_THREADS; i++)
-      pthread_join(tid[i], NULL);
+    for (int i = 0; i < REMOTE_THREADS; i++) args[i] = (remote_arg_t){h, blocks, REMOTE_BLOCKS, i};
+    run_threads(REMOTE_THREADS, remote_freer, args, sizeof args[0]);
     /* This thread has neither allocated nor freed since: the remote frees
      * are still pending in its view of the heap. */
     remote_arg_t d = {h, blocks, REMOTE_BLOCKS, 0};

@@ -51,6 +51,22 @@ typedef struct mailbox_s {
   blk_t q[MT_BOX];
 } mailbox_t;
 
+static inline void mailboxes_init(mailbox_t *boxes, int n) {
+  for (int i = 0; i < n; i++) {
+    pthread_mutex_init(&boxes[i].lock, NULL);
+    boxes[i].n = 0;
+  }
+}
+
+/* Runs fn on each of the n arguments args[i] (elements of `size` bytes)
+ * in a thread of its own and waits for them all. */
+static inline void run_threads(int n, void *(*fn)(void *), void *args, size_t size) {
+  pthread_t tid[n];
+  for (int i = 0; i < n; i++)
+    CHECK(pthread_create(&tid[i], NULL, fn, (char *)args + (size_t)i * size) == 0);
+  for (int i = 0; i < n; i++) pthread_join(tid[i], NULL);
+}
+
 static inline bool mailbox_post(mailbox_t *m, const blk_t *b) {
   pthread_mutex_lock(&m->lock);
   bool ok = m->n < MT_BOX;
