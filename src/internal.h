@@ -68,6 +68,12 @@ bmm_inline size_t bmm__class_size(size_t c) {
   return base + (e + 1) * (base >> 3);
 }
 
+/* Units a page of class c spans: one up to BMM_SMALL_PAGE_MAX, else a
+ * medium page. */
+bmm_inline size_t bmm__class_page_units(size_t c) {
+  return bmm__class_size(c) <= BMM_SMALL_PAGE_MAX ? 1 : BMM_MEDIUM_PAGE_UNITS;
+}
+
 /* ---- Spin locks (lock.c) --------------------------------------------- */
 
 /* A pause for spin loops: lets the other hyperthread run, saves power. */

@@ -96,12 +96,6 @@ void bmm__stats_class_page(size_t cls, bool claimed) {
   }
 }
 
-/* Bytes of one page of class c (see the page geometry in types.h). */
-static size_t class_page_bytes(size_t c) {
-  return bmm__class_size(c) <= BMM_SMALL_PAGE_MAX ? BMM_UNIT_SIZE
-                                                  : BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE;
-}
-
 /* Blocks handed out per size class by every thread since the reset. */
 static void class_allocs(uint64_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(uint64_t) * BMM_CLASS_COUNT);
@@ -198,7 +192,7 @@ static void print_text(out_t *o) {
     out_num(o, allocs[c], 12);
     out_num(o, pages, 8);
     out_str(o, " ");
-    out_bytes(o, (size_t)peak * class_page_bytes(c));
+    out_bytes(o, (size_t)peak * bmm__class_page_units(c) * BMM_UNIT_SIZE);
     out_str(o, "  |");
     out_num(o, cs[c].pages, 19);
     out_num(o, cs[c].used, 14);
@@ -273,7 +267,8 @@ static void print_json(out_t *o) {
     json_field(o, "block_size", bmm__class_size(c), true);
     json_field(o, "allocated", allocs[c], true);
     json_field(o, "all_pages", atomic_load_explicit(&class_pages[c], memory_order_relaxed), true);
-    json_field(o, "peak_bytes", (unsigned long long)peak * class_page_bytes(c), true);
+    json_field(o, "peak_bytes", (unsigned long long)peak * bmm__class_page_units(c) * BMM_UNIT_SIZE,
+               true);
     json_field(o, "pages", cs[c].pages, true);
     json_field(o, "used", cs[c].used, true);
     json_field(o, "capacity", cs[c].capacity, false);
