@@ -42,6 +42,10 @@ static struct {
 static atomic_int huge_cache_lock;
 static atomic_int huge_cache_count; /* entries in use: lets empty checks skip the lock */
 
+/* Delayed work of a layer beside this one (large.c's guarded-span cache),
+ * run by every sweep; see bmm__arena_sweep_hook. */
+static _Atomic(bmm_sweep_fn) sweep_hook;
+
 static void region_map_set(const void *region, uint8_t kind) {
   atomic_store_explicit(&bmm__region_map[(uintptr_t)region >> BMM_REGION_SHIFT], kind,
                         memory_order_release);
@@ -410,6 +414,8 @@ void bmm__arena_purge_due(void) {
   huge_cache_expire(now);
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
   int64_t earliest = 0;
+  bmm_sweep_fn hook = atomic_load_explicit(&sweep_hook, memory_order_acquire);
+  if (hook != NULL) earliest = hook(now);
   for (size_t i = 0; i < BMM_HUGE_CACHE; i++) { /* racy peek: a hint only */
     int64_t e = huge_cache[i].h != NULL ? huge_cache[i].expires : 0;
     if (e > now && e != INT64_MAX && (earliest == 0 || e < earliest)) earliest = e;
@@ -436,6 +442,15 @@ void bmm__arena_purge_due(void) {
         cur > earliest)
       atomic_store_explicit(&purge_next, earliest, memory_order_relaxed);
   }
+}
+
+/* Have `fn` called by every sweep from now on, and a sweep come by
+ * `deadline` (ms, bmm__os_now_ms) at the latest. fn(now) does what is due
+ * and returns its next deadline (0: none). One hook: the caller is the
+ * only layer with delayed work of its own. */
+void bmm__arena_sweep_hook(bmm_sweep_fn fn, int64_t deadline) {
+  atomic_store_explicit(&sweep_hook, fn, memory_order_release);
+  purge_next_lower(deadline);
 }
 
 /* Mark freed units for purging according to the purge_delay option. */

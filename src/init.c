@@ -19,9 +19,20 @@ static _Atomic(uintptr_t) init_thread;
 static bool options_seen_env;
 
 /* After fork only the forking thread lives; see bmm__heap_fork_child. The
- * span locks are taken around fork so that none is copied while held. */
-static void init_fork_child(void) {
+ * span cache's and span locks are taken around fork so that none is copied
+ * while held. */
+static void init_fork_prepare(void) {
+  bmm__large_fork_prepare();
+  bmm__arena_fork_prepare();
+}
+
+static void init_fork_parent(void) {
   bmm__arena_fork_release();
+  bmm__large_fork_release();
+}
+
+static void init_fork_child(void) {
+  init_fork_parent();
   bmm__heap_fork_child(bmm__heap_tls);
 }
 
@@ -48,7 +59,7 @@ void bmm__process_init(void) {
   bmm__secure_fast = bmm__secure && !bmm__leak;
   if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
-  bmm__os_atfork(bmm__arena_fork_prepare, bmm__arena_fork_release, init_fork_child);
+  bmm__os_atfork(init_fork_prepare, init_fork_parent, init_fork_child);
   atomic_store_explicit(&init_state, INIT_DONE, memory_order_release);
   bmm__verbose("initialised, version", BMM_VERSION_MAJOR * 10000 + BMM_VERSION_MINOR * 100 +
                                            BMM_VERSION_PATCH);
@@ -79,7 +90,10 @@ __attribute__((constructor)) static void init_constructor(void) {
 BMM_API void bmm_collect(bool force) {
   bmm__heap_deferred_free(bmm__heap_tls, force);
   bmm__heap_collect(bmm__heap_tls, force);
-  if (force) bmm__arena_purge_all();
+  if (force) {
+    bmm__large_cache_flush();
+    bmm__arena_purge_all();
+  }
   else bmm__arena_purge_due();
 }
 

@@ -166,6 +166,8 @@ void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);
 void bmm__arena_purge_marked(void);
 void bmm__arena_purge_due(void);
+typedef int64_t (*bmm_sweep_fn)(int64_t now);
+void bmm__arena_sweep_hook(bmm_sweep_fn fn, int64_t deadline);
 bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out);
 void bmm__mem_stats(bmm_mem_stats_t *out);
 bool bmm__arena_check_all(void);
@@ -328,6 +330,9 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call);
 size_t bmm__span_usable(const void *p, const bmm_page_t *unit);
 bool bmm__span_check_all(void);
 size_t bmm__large_bytes_copied(void);
+void bmm__large_cache_flush(void);
+void bmm__large_fork_prepare(void);
+void bmm__large_fork_release(void);
 void bmm__large_count_copied(size_t bytes);
 
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */

@@ -22,7 +22,9 @@
  * Secure mode: the last page of every span in use is a guard page
  * (PROT_NONE), counted in the span's tags but not in its usable size. It
  * moves when the span is resized and is made accessible again before the
- * page can join a free span: a free span never holds a guard.
+ * page can join a free span: a free span never holds a guard. A freed span
+ * first waits in a small cache with its guard up, so that a block of about
+ * its size takes it without a system call (see "Guarded span cache").
  *
  * Concurrency: each arena's span table and bins are guarded by its
  * span_lock (lock.c). Blocks this large are rare next to
@@ -251,9 +253,165 @@ static void *span_take(size_t n) {
   return page_addr(a, pg);
 }
 
-/* A span of n usable pages, with its guard page in secure mode. */
-static void *span_alloc(size_t n) {
+/* ---- Guarded span cache (secure mode) ------------------------------------
+ * Putting a guard page up and taking it down are mprotect calls, which
+ * split and merge the process's mappings under the kernel's mmap lock
+ * (and split a transparent huge page): two per large block made secure mode
+ * 3x slower than the default on large blocks, 7x with two threads. So a
+ * freed span keeps its guard, in this cache, for purge_delay. A block of
+ * n pages takes the smallest cached span that holds it: whole when it has
+ * at most a quarter more pages (the usable size grows, the guard still
+ * ends the block), else cut: the front gets a new guard (one call), the
+ * rest keeps the old one and stays cached. Only a span that leaves the
+ * cache unused (expired, evicted, bmm_collect(true)) loses its guard and
+ * joins the free spans.
+ *
+ * A cached span keeps used tags (its neighbours cannot merge with it)
+ * with BMM_SPAN_CACHED in its link field, which span_pages reads as "no
+ * live span here": free, realloc and usable_size report it as freed.
+ * Lock order: never the cache lock and a span lock at once. */
+#define BMM_SPAN_CACHE 32
+#define BMM_SPAN_CACHED UINT32_MAX
+
+static struct {
+  bmm_arena_t *a; /* NULL: empty slot */
+  uint32_t pg, len; /* the span, its guard included */
+  int64_t expires; /* ms */
+} span_cache[BMM_SPAN_CACHE];
+static atomic_int span_cache_lock;
+
+/* Give a cached span up: guard down, then free (merged, binned). */
+static void span_cache_drop(bmm_arena_t *a, size_t pg, size_t len) {
+  guard_set(a, pg + len - 1, false);
+  span_lock(a);
+  span_clear(a, pg, len);
+  span_make_free(a, pg, len);
+  span_unlock(a);
+}
+
+static int64_t span_cache_sweep(int64_t now);
+
+/* Cache the span [pg, pg+len) of `a`, already marked BMM_SPAN_CACHED. A
+ * full cache drops its oldest entry. */
+static void span_cache_put(bmm_arena_t *a, size_t pg, size_t len) {
+  long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
+  int64_t now = bmm__os_now_ms();
+  int64_t expires = delay < 0 ? INT64_MAX : now + delay;
+  bmm__spin_lock(&span_cache_lock);
+  size_t slot = 0;
+  for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
+    if (span_cache[i].a == NULL) {
+      slot = i;
+      break;
+    }
+    if (span_cache[i].expires < span_cache[slot].expires) slot = i;
+  }
+  bmm_arena_t *old_a = span_cache[slot].a;
+  size_t old_pg = span_cache[slot].pg, old_len = span_cache[slot].len;
+  span_cache[slot].a = a;
+  span_cache[slot].pg = (uint32_t)pg;
+  span_cache[slot].len = (uint32_t)len;
+  span_cache[slot].expires = expires;
+  bmm__spin_unlock(&span_cache_lock);
+  if (old_a != NULL) span_cache_drop(old_a, old_pg, old_len);
+  if (expires != INT64_MAX) bmm__arena_sweep_hook(span_cache_sweep, expires);
+}
+
+/* Drop the entries due by `now` (all with -1); the next deadline, or 0.
+ * The arena's sweep may run inside a span lock (a span made free gives
+ * units back, which checks for due purges), so from there (`sweep`) an
+ * entry whose arena lock is taken waits for the next sweep rather than
+ * deadlock; peeking is enough: a lock this thread holds stays taken. */
+static int64_t span_cache_expire(int64_t now, bool sweep) {
+  struct {
+    bmm_arena_t *a;
+    size_t pg, len;
+  } drop[BMM_SPAN_CACHE];
+  size_t n = 0;
+  int64_t next = 0;
+  bmm__spin_lock(&span_cache_lock);
+  for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
+    bmm_arena_t *a = span_cache[i].a;
+    if (a == NULL) continue;
+    int64_t due = span_cache[i].expires;
+    if ((now < 0 || due <= now) && sweep &&
+        atomic_load_explicit(&a->span_lock, memory_order_relaxed) != 0)
+      due = now + 1;
+    else if (now < 0 || due <= now) {
+      drop[n].a = a;
+      drop[n].pg = span_cache[i].pg;
+      drop[n++].len = span_cache[i].len;
+      span_cache[i].a = NULL;
+      continue;
+    }
+    if (due != INT64_MAX && (next == 0 || due < next)) next = due;
+  }
+  bmm__spin_unlock(&span_cache_lock);
+  for (size_t i = 0; i < n; i++)
+    span_cache_drop(drop[i].a, drop[i].pg, drop[i].len);
+  return next;
+}
+
+static int64_t span_cache_sweep(int64_t now) {
+  return span_cache_expire(now, true);
+}
+
+void bmm__large_cache_flush(void) {
+  if (bmm__secure) span_cache_expire(-1, false);
+}
+
+void bmm__large_fork_prepare(void) {
+  bmm__spin_lock(&span_cache_lock);
+}
+
+void bmm__large_fork_release(void) {
+  bmm__spin_unlock(&span_cache_lock);
+}
+
+/* A cached span for n usable pages (n + 1 with the guard), marked used;
+ * with `exact`, only one of exactly that size. NULL if none fits. */
+static void *span_cache_take(size_t n, bool exact) {
+  size_t want = n + 1, best = BMM_SPAN_CACHE;
+  bmm__spin_lock(&span_cache_lock);
+  for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
+    size_t len = span_cache[i].len;
+    if (span_cache[i].a == NULL || len < want || (exact && len != want)) continue;
+    if (best == BMM_SPAN_CACHE || len < span_cache[best].len) best = i;
+  }
+  if (best == BMM_SPAN_CACHE) {
+    bmm__spin_unlock(&span_cache_lock);
+    return NULL;
+  }
+  bmm_arena_t *a = span_cache[best].a;
+  size_t pg = span_cache[best].pg, len = span_cache[best].len;
+  span_cache[best].a = NULL;
+  bmm__spin_unlock(&span_cache_lock);
+  /* Whole, when the rest would be small (or only a guard with no page). */
+  bool cut = len - want >= 2 && len - want > n;
+  span_lock(a);
+  if (cut) {
+    span_set_used(a, pg, want);
+    span_set(a, pg + want, len - want, false);
+    a->spans[pg + want].next = BMM_SPAN_CACHED;
+  } else {
+    a->spans[pg].next = 0;
+  }
+  span_unlock(a);
+  if (cut) {
+    guard_set(a, pg + n, true);
+    span_cache_put(a, pg + want, len - want);
+  }
+  return page_addr(a, pg);
+}
+
+/* A span of n usable pages, with its guard page in secure mode (the
+ * pages API asks for an `exact` size: its blocks are counted in pages). */
+static void *span_alloc(size_t n, bool exact) {
   size_t g = guard_pages();
+  if (g) {
+    void *c = span_cache_take(n, exact);
+    if (c != NULL) return c;
+  }
   uint8_t *p = span_take(n + g);
   if (p != NULL && g) {
     bmm_arena_t *a = bmm__arena_of_page(bmm__page_of(p));
@@ -305,7 +463,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
     if (p != NULL)
       bmm__page_of(p)->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
   } else {
-    p = span_alloc(pages_for(size));
+    p = span_alloc(pages_for(size), false);
     /* A used span keeps the alignment it was asked for in its (unused)
      * free-list link, so realloc below the span range can keep it. */
     if (p != NULL && align > BMM_ALIGN) {
@@ -348,7 +506,7 @@ void *bmm__pages_alloc(size_t count) {
   size_t bytes = count << BMM_SPAN_SHIFT;
   if (bytes > BMM_LARGE_MAX) return bmm__large_alloc(bytes, BMM_SPAN_PAGE); /* fresh: zero */
   bmm__arena_purge_due();
-  uint8_t *p = span_alloc(count);
+  uint8_t *p = span_alloc(count, true);
   if (p == NULL) {
     errno = ENOMEM;
     return NULL;
@@ -363,8 +521,8 @@ void *bmm__pages_alloc(size_t count) {
  * a live span's tags change only through its owner's calls. */
 static size_t span_pages(bmm_arena_t *a, const void *p) {
   if ((uintptr_t)p & (BMM_SPAN_PAGE - 1)) return 0;
-  uint32_t head = a->spans[page_index(a, p)].head;
-  return (head & 1) ? 0 : head >> 1;
+  const bmm_span_slot_t *t = &a->spans[page_index(a, p)];
+  return (t->head & 1) || t->next == BMM_SPAN_CACHED ? 0 : t->head >> 1;
 }
 
 /* The same without its guard page. */
@@ -379,10 +537,6 @@ size_t bmm__span_usable(const void *p, const bmm_page_t *unit) {
 
 void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
-  /* The guard goes before the span can be merged and handed out (a racing
-   * second free unguards too, harmlessly, and is reported below). */
-  size_t live = span_pages(a, p);
-  if (guard_pages() && live != 0) guard_set(a, page_index(a, p) + live - 1, false);
   span_lock(a);
   size_t len = span_pages(a, p);
   if (bmm_unlikely(len == 0)) {
@@ -391,9 +545,15 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
     return;
   }
   size_t pg = page_index(a, p);
-  span_clear(a, pg, len);
-  span_make_free(a, pg, len);
-  span_unlock(a);
+  if (guard_pages()) { /* into the cache, guard and all */
+    a->spans[pg].next = BMM_SPAN_CACHED;
+    span_unlock(a);
+    span_cache_put(a, pg, len);
+  } else {
+    span_clear(a, pg, len);
+    span_make_free(a, pg, len);
+    span_unlock(a);
+  }
   bmm__arena_purge_due();
 }
 
@@ -607,7 +767,7 @@ void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mo
   /* Neighbours are taken: new pages, contents moved over. */
   bmm_arena_t *a = bmm__arena_of_page(page);
   size_t old_bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
-  uint8_t *n = span_alloc(count);
+  uint8_t *n = span_alloc(count, true);
   if (n == NULL) {
     errno = ENOMEM;
     return NULL;

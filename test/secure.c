@@ -293,6 +293,77 @@ static void overflow_large_resized(void *arg) {
   v[usable] = 1;
 }
 
+/* 9c. A freed span waits in a cache with its guard page up. A block
+ * that takes it whole gets its usable size, and the guard ends that. */
+static void overflow_large_cached(void *arg) {
+  (void)arg;
+  unsigned char *p = bmm_malloc(MiB);
+  bmm_free(p);
+  volatile unsigned char *q = bmm_malloc(600000);
+  CHECK(q == p && bmm_usable_size((void *)q) >= 600000);
+  size_t usable = bmm_usable_size((void *)q);
+  q[usable - 1] = 1;
+  q[usable] = 1;
+}
+
+/* 9d. A much smaller block cuts the front off a cached span and puts a
+ * new guard after it; the rest keeps the old guard and serves the next
+ * block (arg 1: overflow that one instead). */
+static void overflow_large_cut(void *arg) {
+  unsigned char *p = bmm_malloc(8 * MiB);
+  bmm_free(p);
+  volatile unsigned char *q = bmm_malloc(200000);
+  size_t usable = bmm_usable_size((void *)q);
+  CHECK(q == p && usable >= 200000 && usable < 300000);
+  if ((uintptr_t)arg == 1) {
+    volatile unsigned char *r = bmm_malloc(6 * MiB);
+    CHECK(r == q + usable + 4096);
+    q = r;
+    usable = bmm_usable_size((void *)q);
+    CHECK(usable >= 6 * MiB);
+  }
+  q[usable - 1] = 1;
+  q[usable] = 1;
+}
+
+/* 9e. Large blocks of every size through the cache, each written whole
+ * and checked before it is freed; then the cache is emptied. */
+static void large_cache_churn(void *arg) {
+  (void)arg;
+  enum { LIVE = 12 };
+  unsigned char *live[LIVE] = {0}, tag[LIVE] = {0};
+  size_t size[LIVE] = {0};
+  uint64_t rng = 99;
+  for (int i = 0; i < 3000; i++) {
+    int s = (int)(check_rand(&rng) % LIVE);
+    if (live[s] != NULL) {
+      int ok = 1;
+      for (size_t k = 0; k < size[s]; k += 4093)
+        ok &= live[s][k] == tag[s];
+      CHECK(ok && live[s][size[s] - 1] == tag[s]);
+      bmm_free(live[s]);
+    }
+    size[s] = 64 * KiB + 1 + check_rand(&rng) % (4 * MiB);
+    tag[s] = (unsigned char)(i + 1);
+    live[s] = bmm_malloc(size[s]);
+    CHECK(live[s] != NULL && bmm_usable_size(live[s]) >= size[s]);
+    memset(live[s], tag[s], bmm_usable_size(live[s])); /* all of it is ours */
+    if (i % 500 == 0) CHECK(bmm_heap_check());
+  }
+  for (int s = 0; s < LIVE; s++)
+    bmm_free(live[s]);
+  bmm_collect(true);
+  CHECK(bmm_heap_check());
+}
+
+/* 9f. A freed large block is reported, not handed to realloc. */
+static void realloc_freed_large(void *arg) {
+  (void)arg;
+  void *p = bmm_malloc(300000);
+  bmm_free(p);
+  bmm_realloc(launder(p), 400000);
+}
+
 /* 10 (secure=2). A write into the middle of a freed block. */
 static void write_after_free_middle(void *arg) {
   (void)arg;
@@ -347,6 +418,15 @@ static void run_misuse_cases(void) {
   expect_signal("one byte past a 1 MiB block", overflow_large, (void *)(uintptr_t)MiB, SIGSEGV);
   expect_signal("one byte past a large block grown and shrunk in place", overflow_large_resized,
                 NULL, SIGSEGV);
+  expect_signal("one byte past a block that took a cached span whole", overflow_large_cached,
+                NULL, SIGSEGV);
+  expect_signal("one byte past a block cut from a cached span", overflow_large_cut, NULL,
+                SIGSEGV);
+  expect_signal("one byte past the rest of a cut cached span", overflow_large_cut,
+                (void *)(uintptr_t)1, SIGSEGV);
+  expect_clean("large blocks through the span cache", large_cache_churn, NULL);
+  expect_abort("realloc of a freed large block", realloc_freed_large, NULL, "realloc", "free",
+               NULL, NULL);
 }
 
 /* ---- abort_on_error=0 ------------------------------------------------------ */
