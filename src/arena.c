@@ -551,7 +551,27 @@ void bmm__mem_stats(bmm_mem_stats_t *out) {
 
 /* A huge block gets a region of its own: the arena header layout, then the
  * block at the first unit boundary past the header that satisfies `align`.
- * Only the header's first page and the block's one descriptor are touched. */
+ * Only the header's first page and the block's one descriptor are touched.
+ *
+ * Secure mode: the mapping's last page is a guard page (PROT_NONE), counted
+ * in map_size but not in the block. The address space after a mapping is
+ * free, and the kernel may put anything there later: only a guard of our
+ * own stops an overflow from running into it. */
+
+static inline size_t huge_guard(void) {
+  return bmm__secure ? bmm__os_page_size() : 0;
+}
+
+/* Put the guard at the end of h's mapping up, or take it down (resizing:
+ * mremap wants one mapping, and the guard is a mapping of its own). A
+ * guard the kernel refuses (out of mappings) is simply missing. */
+static void huge_guard_set(bmm_arena_t *h, bool on) {
+  size_t g = huge_guard();
+  if (g)
+    bmm__os_protect((uint8_t *)h + h->map_size - g, g,
+                    on ? BMM_PROT_NONE : BMM_PROT_READ | BMM_PROT_WRITE);
+}
+
 /* ---- The huge-block cache --------------------------------------------- */
 
 /* A freed huge block keeps its mapping (and its memory) for purge_delay
@@ -608,6 +628,10 @@ static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
     size_t m = h->map_size;
     if (m > 2 * total || 2 * m < total) continue;
     int rank = m < total ? GROW : m - total <= total / 4 ? AS_IS : SHRINK;
+    /* Secure mode: resizing would move the guard (two more system calls,
+     * each splitting mappings); up to twice the size is taken as it is. */
+    if (huge_guard() && rank != AS_IS) rank = rank == SHRINK ? AS_IS : NONE;
+    if (rank == NONE) continue;
     size_t slack = m < total ? total - m : m - total;
     if (rank < best_rank || (rank == best_rank && slack < best_slack)) {
       best_rank = rank;
@@ -668,7 +692,7 @@ static bmm_page_t *huge_init(bmm_arena_t *h, size_t offset, size_t total) {
   h->index = UINT32_MAX;
   bmm_page_t *page = &h->pages[offset >> BMM_UNIT_SHIFT];
   page->first_delta = 0;
-  page->block_size = total - offset;
+  page->block_size = total - offset - huge_guard();
   page->units = (uint32_t)((page->block_size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
   page->start = (uint8_t *)h + offset;
   page->reserved = page->used = 1;
@@ -688,7 +712,12 @@ void *bmm__huge_alloc(size_t size, size_t align) {
     errno = ENOMEM; /* alignments of a region or more are not supported */
     return NULL;
   }
-  size_t total = (offset + size + ps - 1) & ~(ps - 1);
+  size_t g = huge_guard();
+  if (size > SIZE_MAX - offset - ps - g) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t total = ((offset + size + ps - 1) & ~(ps - 1)) + g;
   bmm_arena_t *h = huge_cache_take(offset, total);
   bool fresh = h == NULL;
   if (!fresh) total = h->map_size; /* it may be bigger */
@@ -696,6 +725,10 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   if (h == NULL) {
     errno = ENOMEM;
     return NULL;
+  }
+  if (fresh && g) {
+    h->map_size = total; /* for huge_guard_set; huge_init sets it too */
+    huge_guard_set(h, true);
   }
   if (!fresh) atomic_fetch_sub_explicit(&huge_bytes, total, memory_order_relaxed); /* re-added */
   bmm_page_t *page = huge_init(h, offset, total);
@@ -709,30 +742,30 @@ void *bmm__huge_alloc(size_t size, size_t align) {
  * becomes one mapping of its own, so it can later grow with mremap; the
  * header is another. NULL (and `data` untouched) on failure. */
 void *bmm__huge_adopt(void *data, size_t have, size_t size) {
-  size_t ps = bmm__os_page_size(), offset = huge_offset(0);
-  if (size > SIZE_MAX - offset - ps) return NULL;
+  size_t ps = bmm__os_page_size(), offset = huge_offset(0), g = huge_guard();
+  if (size > SIZE_MAX - offset - ps - g) return NULL;
   size_t bytes = (size + ps - 1) & ~(ps - 1);
-  bmm_arena_t *h = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, true);
+  bmm_arena_t *h = bmm__os_reserve_aligned(offset + bytes + g, BMM_REGION_SIZE, true);
   if (h == NULL) return NULL;
   if (bmm__os_remap(data, have, bytes, (uint8_t *)h + offset) == NULL) {
-    bmm__os_release(h, offset + bytes);
+    bmm__os_release(h, offset + bytes + g);
     return NULL;
   }
-  return huge_init(h, offset, offset + bytes)->start;
+  bmm_page_t *page = huge_init(h, offset, offset + bytes + g);
+  huge_guard_set(h, true);
+  return page->start;
 }
 
-/* Resize a huge block to hold `size` bytes without copying: its data
- * mapping shrinks or grows where it stands, or else header and data move
- * to a fresh region-aligned range (page tables move, bytes do not).
- * Returns the block's (possibly new) address, or NULL with the block
- * untouched. */
-void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
+/* Resize the mapping of a huge block to `bytes` past the block's start
+ * (its guard included) without copying: it shrinks or grows where it
+ * stands, or else header and data move to a fresh region-aligned range
+ * (page tables move, bytes do not). Returns the block's (possibly new)
+ * descriptor, or NULL with the block untouched. */
+static bmm_page_t *huge_remap(bmm_page_t *page, size_t bytes, bool may_move) {
   bmm_arena_t *h = bmm__arena_of_page(page);
-  size_t ps = bmm__os_page_size();
   size_t offset = (size_t)(page->start - (uint8_t *)h);
-  if (size > SIZE_MAX - offset - ps) return NULL;
-  size_t bytes = (size + ps - 1) & ~(ps - 1), old_bytes = h->map_size - offset;
-  if (bytes == old_bytes) return page->start;
+  size_t old_bytes = h->map_size - offset;
+  if (bytes == old_bytes) return page;
   if (bmm__os_remap(page->start, old_bytes, bytes, NULL) == page->start) {
     h->map_size = offset + bytes;
   } else {
@@ -757,13 +790,31 @@ void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
     n->map_size = offset + bytes;
     page->start = (uint8_t *)n + offset;
   }
-  page->block_size = bytes;
-  page->units = (uint32_t)((bytes + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
   if (bytes > old_bytes)
     atomic_fetch_add_explicit(&huge_bytes, bytes - old_bytes, memory_order_relaxed);
   else
     atomic_fetch_sub_explicit(&huge_bytes, old_bytes - bytes, memory_order_relaxed);
-  return page->start;
+  return page;
+}
+
+/* Resize a huge block to hold `size` bytes without copying (see
+ * huge_remap); in secure mode its guard page comes down for the remap and
+ * goes up at the new end. Returns the block's (possibly new) address, or
+ * NULL with the block untouched. */
+void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
+  bmm_arena_t *h = bmm__arena_of_page(page);
+  size_t ps = bmm__os_page_size(), g = huge_guard();
+  size_t offset = (size_t)(page->start - (uint8_t *)h);
+  if (size > SIZE_MAX - offset - ps - g) return NULL;
+  size_t bytes = (size + ps - 1) & ~(ps - 1);
+  if (bytes == page->block_size) return page->start;
+  huge_guard_set(h, false);
+  bmm_page_t *q = huge_remap(page, bytes + g, may_move);
+  huge_guard_set(q != NULL ? bmm__arena_of_page(q) : h, true);
+  if (q == NULL) return NULL;
+  q->block_size = bytes;
+  q->units = (uint32_t)((bytes + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
+  return q->start;
 }
 
 static void huge_unmap(bmm_arena_t *h) {

@@ -17,7 +17,9 @@
  *     with a wrong size ("size does not match");
  *   - sized frees with the right size (malloc, calloc, realloc, aligned)
  *     are not reported;
- *   - one byte past a large block faults (its guard page);
+ *   - one byte past a large block faults (its guard page); cached spans
+ *     keep theirs; a huge block's mapping ends in a guard page, also after
+ *     realloc and when reused from the huge-block cache;
  *   - allocations are 16-aligned (or as asked), usable_size >= request,
  *     realloc keeps contents and alignment, calloc zeroes; a randomized
  *     churn of 100k operations with pattern checks, then 4 threads
@@ -427,6 +429,52 @@ static void run_misuse_cases(void) {
   expect_clean("large blocks through the span cache", large_cache_churn, NULL);
   expect_abort("realloc of a freed large block", realloc_freed_large, NULL, "realloc", "free",
                NULL, NULL);
+}
+
+/* ---- Guards after huge blocks ---------------------------------------------- */
+
+/* The address is in a mapping of this process without any access (a
+ * guard), rather than in another mapping or in none (where the kernel may
+ * put anything later). */
+static int is_guard(const void *addr) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (f == NULL) return 0;
+  char line[512];
+  int found = 0;
+  while (fgets(line, sizeof line, f) != NULL) {
+    unsigned long lo, hi;
+    char perms[8];
+    if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3) continue;
+    if ((uintptr_t)addr >= lo && (uintptr_t)addr < hi) {
+      found = strncmp(perms, "---", 3) == 0;
+      break;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+/* Blocks above 16 MiB are mappings of their own: each ends in a guard
+ * page, also after realloc grew or shrank it (in place or moved) and when
+ * the mapping is reused from the huge-block cache. */
+static void check_huge_guards(void) {
+  unsigned char *p = bmm_malloc(20 * MiB);
+  CHECK(p != NULL && is_guard(p + bmm_usable_size(p)));
+  CHECK(!is_guard(p + bmm_usable_size(p) - 1));
+  memset(p, 0x5a, bmm_usable_size(p));
+  p = bmm_realloc(p, 40 * MiB);
+  CHECK(p != NULL && p[20 * MiB - 1] == 0x5a && is_guard(p + bmm_usable_size(p)));
+  memset(p, 0x6b, bmm_usable_size(p));
+  p = bmm_realloc(p, 17 * MiB + 5);
+  CHECK(p != NULL && p[17 * MiB] == 0x6b && is_guard(p + bmm_usable_size(p)));
+  CHECK(bmm_usable_size(p) >= 17 * MiB + 5 && bmm_usable_size(p) < 17 * MiB + 8192);
+  memset(p, 0x7c, bmm_usable_size(p));
+  bmm_free(p);
+  unsigned char *q = bmm_malloc(17 * MiB - 5000); /* the cached mapping, as it is */
+  CHECK(q != NULL && is_guard(q + bmm_usable_size(q)));
+  memset(q, 1, bmm_usable_size(q));
+  bmm_free(q);
+  CHECK(bmm_heap_check());
 }
 
 /* ---- abort_on_error=0 ------------------------------------------------------ */
@@ -915,6 +963,7 @@ int main(int argc, char **argv) {
   run_misuse_cases();
   run_continue_case();
   check_basics();
+  check_huge_guards();
   churn(7, 100000);
   check_exchange();
   CHECK(check_rerun(argv[0], "--level2", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "0"));
