@@ -315,7 +315,7 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
     bmm_page_t *page = &arena->pages[first];
     for (size_t i = 0; i < units; i++) page[i].first_delta = i * sizeof(bmm_page_t);
     page->units = (uint32_t)units;
-    page->start = (uint8_t *)arena + first * BMM_UNIT_SIZE;
+    bmm__page_set_start(page, (uint8_t *)arena + first * BMM_UNIT_SIZE);
     return page;
   }
 }
@@ -349,7 +349,7 @@ void bmm__arena_page_free(bmm_page_t *page) {
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) bmm__stats_class_page(page->class_idx, false);
   if (page->guarded) bmm__secure_unguard(page); /* the units may become anything */
-  bmm__track_internal(page->start, (size_t)units * BMM_UNIT_SIZE);
+  bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
   page->used = page->capacity = page->reserved = 0;
   page->block_size = 0;
@@ -624,7 +624,8 @@ static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
   huge_cache_acquire();
   for (size_t i = 0; i < BMM_HUGE_CACHE; i++) {
     bmm_arena_t *h = huge_cache[i].h;
-    if (h == NULL || h->pages[offset >> BMM_UNIT_SHIFT].start != (uint8_t *)h + offset) continue;
+    if (h == NULL || bmm__page_start(&h->pages[offset >> BMM_UNIT_SHIFT]) != (uint8_t *)h + offset)
+      continue;
     size_t m = h->map_size;
     if (m > 2 * total || 2 * m < total) continue;
     int rank = m < total ? GROW : m - total <= total / 4 ? AS_IS : SHRINK;
@@ -694,7 +695,7 @@ static bmm_page_t *huge_init(bmm_arena_t *h, size_t offset, size_t total) {
   page->first_delta = 0;
   page->block_size = total - offset - huge_guard();
   page->units = (uint32_t)((page->block_size + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
-  page->start = (uint8_t *)h + offset;
+  bmm__page_set_start(page, (uint8_t *)h + offset);
   page->reserved = page->used = 1;
   page->capacity = 0;
   page->next = page->prev = NULL; /* a cached region's may be stale */
@@ -734,7 +735,7 @@ void *bmm__huge_alloc(size_t size, size_t align) {
   bmm_page_t *page = huge_init(h, offset, total);
   page->capacity = !fresh; /* 1: reused memory, not known to be zero */
   page->align_log = (uint8_t)(align > BMM_ALIGN ? __builtin_ctzll(align) : 0);
-  return page->start;
+  return bmm__page_start(page);
 }
 
 /* A huge block of `size` bytes whose first `have` bytes are the pages at
@@ -753,7 +754,7 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   }
   bmm_page_t *page = huge_init(h, offset, offset + bytes + g);
   huge_guard_set(h, true);
-  return page->start;
+  return bmm__page_start(page);
 }
 
 /* Resize the mapping of a huge block to `bytes` past the block's start
@@ -763,16 +764,16 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
  * descriptor, or NULL with the block untouched. */
 static bmm_page_t *huge_remap(bmm_page_t *page, size_t bytes, bool may_move) {
   bmm_arena_t *h = bmm__arena_of_page(page);
-  size_t offset = (size_t)(page->start - (uint8_t *)h);
+  size_t offset = (size_t)(bmm__page_start(page) - (uint8_t *)h);
   size_t old_bytes = h->map_size - offset;
   if (bytes == old_bytes) return page;
-  if (bmm__os_remap(page->start, old_bytes, bytes, NULL) == page->start) {
+  if (bmm__os_remap(bmm__page_start(page), old_bytes, bytes, NULL) == bmm__page_start(page)) {
     h->map_size = offset + bytes;
   } else {
     if (bytes < old_bytes || !may_move) return NULL;
     bmm_arena_t *n = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, false);
     if (n == NULL) return NULL;
-    if (bmm__os_remap(page->start, old_bytes, bytes, (uint8_t *)n + offset) == NULL) {
+    if (bmm__os_remap(bmm__page_start(page), old_bytes, bytes, (uint8_t *)n + offset) == NULL) {
       bmm__os_release(n, offset + bytes);
       return NULL;
     }
@@ -788,7 +789,7 @@ static bmm_page_t *huge_remap(bmm_page_t *page, size_t bytes, bool may_move) {
     page = &n->pages[offset >> BMM_UNIT_SHIFT];
     n->map_base = (uint8_t *)n;
     n->map_size = offset + bytes;
-    page->start = (uint8_t *)n + offset;
+    bmm__page_set_start(page, (uint8_t *)n + offset);
   }
   if (bytes > old_bytes)
     atomic_fetch_add_explicit(&huge_bytes, bytes - old_bytes, memory_order_relaxed);
@@ -804,17 +805,17 @@ static bmm_page_t *huge_remap(bmm_page_t *page, size_t bytes, bool may_move) {
 void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move) {
   bmm_arena_t *h = bmm__arena_of_page(page);
   size_t ps = bmm__os_page_size(), g = huge_guard();
-  size_t offset = (size_t)(page->start - (uint8_t *)h);
+  size_t offset = (size_t)(bmm__page_start(page) - (uint8_t *)h);
   if (size > SIZE_MAX - offset - ps - g) return NULL;
   size_t bytes = (size + ps - 1) & ~(ps - 1);
-  if (bytes == page->block_size) return page->start;
+  if (bytes == page->block_size) return bmm__page_start(page);
   huge_guard_set(h, false);
   bmm_page_t *q = huge_remap(page, bytes + g, may_move);
   huge_guard_set(q != NULL ? bmm__arena_of_page(q) : h, true);
   if (q == NULL) return NULL;
   q->block_size = bytes;
   q->units = (uint32_t)((bytes + BMM_UNIT_SIZE - 1) >> BMM_UNIT_SHIFT);
-  return q->start;
+  return bmm__page_start(q);
 }
 
 static void huge_unmap(bmm_arena_t *h) {
@@ -937,7 +938,7 @@ static bool arena_check(bmm_arena_t *arena) {
     if (page->first_delta != 0 || page->units == 0 || u + page->units > BMM_ARENA_UNITS)
       return false;
     if (kind == BMM_PAGE_SPANS && page->units != 1) return false;
-    if (page->start != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
+    if (bmm__page_start(page) != (uint8_t *)arena + u * BMM_UNIT_SIZE) return false;
     for (size_t i = 0; i < page->units; i++) {
       if (page[i].first_delta != i * sizeof(bmm_page_t)) return false;
       if (!(atomic_load(&arena->used[(u + i) >> 6]) >> ((u + i) & 63) & 1)) return false;

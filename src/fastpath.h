@@ -96,8 +96,8 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
 
 /* True if p is the start of a block of small/medium `page`. */
 bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
-  return (uintptr_t)p >= (uintptr_t)page->start &&
-         (uintptr_t)p - (uintptr_t)page->start < (size_t)page->units * BMM_UNIT_SIZE &&
+  return (uintptr_t)p >= (uintptr_t)bmm__page_start(page) &&
+         (uintptr_t)p - (uintptr_t)bmm__page_start(page) < (size_t)page->units * BMM_UNIT_SIZE &&
          bmm__page_block_index(page, p) < page->reserved;
 }
 

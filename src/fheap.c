@@ -314,6 +314,6 @@ BMM_API bool bmm_heap_visit(bmm_heap_t *heap, bmm_visit_fn *fn, void *arg) {
   for (bmm_theap_t *view = heap->views; view != NULL; view = view->view_next)
     if (!bmm__heap_view_visit(view, fn, arg)) return false;
   for (bmm_page_t *page = heap->large; page != NULL; page = page->next)
-    if (!fn(page->start, page->block_size, arg)) return false;
+    if (!fn(bmm__page_start(page), page->block_size, arg)) return false;
   return true;
 }

@@ -155,7 +155,7 @@ bmm_noinline void bmm__free_slow(void *p, bmm_page_t *page, const char *call) {
   }
   case BMM_PAGE_LARGE:
   case BMM_PAGE_HUGE:
-    if (bmm_unlikely(p != page->start)) {
+    if (bmm_unlikely(p != bmm__page_start(page))) {
       free_other(p, call, "pointer into the middle of a block");
       return;
     }
@@ -230,7 +230,7 @@ size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call
     }
     case BMM_PAGE_LARGE:
     case BMM_PAGE_HUGE:
-      if (p == page->start) return page->block_size;
+      if (p == bmm__page_start(page)) return page->block_size;
       what = "pointer into the middle of a block";
       break;
     default:

@@ -136,8 +136,27 @@ bmm_inline bmm_page_t *bmm__page_of(const void *p) {
  * << k exactly, and rotating right by k yields n / block_size; for any
  * other n the rotation leaves high bits set, far above `reserved`. Page
  * offsets are below 2^32, so 32-bit arithmetic is exact. */
+/* The first byte of a page (or of a large block's run). A valgrind build
+ * keeps it disguised, its top bit flipped: memcheck's leak check takes
+ * any word in mapped memory that holds a block's address for a pointer to
+ * it, and the descriptor would then keep a leaked first block of a page
+ * "still reachable". Any other build stores the plain address. */
+#if defined(BMM_VALGRIND) && BMM_VALGRIND
+#define BMM_START_DISGUISE ((uintptr_t)1 << (sizeof(uintptr_t) * 8 - 1))
+#else
+#define BMM_START_DISGUISE ((uintptr_t)0)
+#endif
+
+bmm_inline uint8_t *bmm__page_start(const bmm_page_t *page) {
+  return (uint8_t *)(page->start_word ^ BMM_START_DISGUISE);
+}
+
+bmm_inline void bmm__page_set_start(bmm_page_t *page, uint8_t *start) {
+  page->start_word = (uintptr_t)start ^ BMM_START_DISGUISE;
+}
+
 bmm_inline uint32_t bmm__page_block_index(const bmm_page_t *page, const void *p) {
-  uint32_t n = (uint32_t)((uintptr_t)p - (uintptr_t)page->start) * page->block_inv;
+  uint32_t n = (uint32_t)((uintptr_t)p - (uintptr_t)bmm__page_start(page)) * page->block_inv;
   uint32_t k = page->block_shift;
   return (n >> k) | (n << ((32 - k) & 31));
 }

@@ -165,7 +165,7 @@ static void units_to_spans(bmm_arena_t *a, size_t unit, size_t n) {
     bmm_page_t *d = &a->pages[unit + i];
     d->first_delta = 0;
     d->units = 1;
-    d->start = (uint8_t *)a + (unit + i) * BMM_UNIT_SIZE;
+    bmm__page_set_start(d, (uint8_t *)a + (unit + i) * BMM_UNIT_SIZE);
     d->block_size = 0;
     d->reserved = d->used = 0;
     atomic_store_explicit(&d->tid, 0, memory_order_relaxed);
@@ -443,7 +443,7 @@ void *bmm__large_unit_run(size_t size, size_t align) {
     if (page->guarded) page->block_size -= guard;
   }
   atomic_store_explicit(&page->kind, BMM_PAGE_LARGE, memory_order_relaxed);
-  return page->start;
+  return bmm__page_start(page);
 }
 
 /* Alignments a huge region's header leaves room for (see huge_offset in

@@ -30,7 +30,7 @@ static uint32_t odd_inverse(uint32_t m) {
 void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
   /* The units may have held anything (spans, freed large blocks). */
-  bmm__track_internal(page->start, (size_t)page->units * BMM_UNIT_SIZE);
+  bmm__track_internal(bmm__page_start(page), (size_t)page->units * BMM_UNIT_SIZE);
   page->class_idx = (uint16_t)cls;
   page->align_log = 0;
   page->block_size = bs;
@@ -61,7 +61,7 @@ void bmm__page_extend(bmm_page_t *page) {
   size_t n = BMM_PAGE_EXTEND_BYTES / bs;
   if (n == 0) n = 1;
   if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
-  uint8_t *first = page->start + (size_t)page->capacity * bs;
+  uint8_t *first = bmm__page_start(page) + (size_t)page->capacity * bs;
   page->installed = (uint16_t)(page->installed + n); /* read and reset before it can wrap */
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
@@ -163,7 +163,7 @@ bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
   const bmm_block_t *lists[4] = {page->free, page->local_free,
                                  bmm__tf_head(tf), more};
-  uintptr_t lo = (uintptr_t)page->start, span = (uintptr_t)cap * page->block_size;
+  uintptr_t lo = (uintptr_t)bmm__page_start(page), span = (uintptr_t)cap * page->block_size;
   for (int l = 0; l < 4; l++) {
     size_t steps = 0;
     for (const bmm_block_t *b = lists[l]; b != NULL && steps <= cap + 1;
@@ -177,7 +177,7 @@ bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_
   }
   for (size_t i = 0; i < cap; i++)
     if (!(freed[i / 64] >> (i % 64) & 1) &&
-        !fn(page->start + i * page->block_size, page->block_size, arg))
+        !fn(bmm__page_start(page) + i * page->block_size, page->block_size, arg))
       return false;
   return true;
 }
@@ -194,8 +194,8 @@ bool bmm__page_is_valid(const bmm_page_t *page) {
   const bmm_block_t *lists[2] = {page->free, page->local_free};
   for (int l = 0; l < 2; l++) {
     for (const bmm_block_t *b = lists[l]; b != NULL; b = bmm__next(page, b)) {
-      uintptr_t off = (uintptr_t)b - (uintptr_t)page->start;
-      if ((uintptr_t)b < (uintptr_t)page->start || off % page->block_size != 0 ||
+      uintptr_t off = (uintptr_t)b - (uintptr_t)bmm__page_start(page);
+      if ((uintptr_t)b < (uintptr_t)bmm__page_start(page) || off % page->block_size != 0 ||
           off / page->block_size >= page->capacity)
         return false;
       if (++count > page->capacity) return false; /* a cycle */

@@ -21,7 +21,7 @@ static bmm_page_t *pages_of(void *p, const char *call) {
   if (page != NULL && ((uintptr_t)p & (BMM_SPAN_PAGE - 1)) == 0) {
     uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
     if ((kind == BMM_PAGE_SPANS && bmm__span_usable(p, page) != 0) ||
-        (kind == BMM_PAGE_HUGE && p == page->start))
+        (kind == BMM_PAGE_HUGE && p == bmm__page_start(page)))
       return page;
   }
   bmm__error(p, call, "not pages from bmm_pages_alloc (or already freed)");

@@ -69,7 +69,7 @@ static inline uint64_t canary(const bmm_page_t *page, const void *b) {
 }
 
 static inline bool in_page(const bmm_page_t *page, const void *p) {
-  uintptr_t off = (uintptr_t)p - (uintptr_t)page->start;
+  uintptr_t off = (uintptr_t)p - (uintptr_t)bmm__page_start(page);
   return off < (size_t)page->capacity * page->block_size &&
          bmm__page_block_index(page, p) < page->capacity;
 }
@@ -122,7 +122,7 @@ bmm_block_t *bmm__secure_next_any(const bmm_block_t *b) {
 /* ---- Pages -------------------------------------------------------------- */
 
 void bmm__secure_page_init(bmm_page_t *page) {
-  page->key = mix64(secret ^ (uintptr_t)page->start);
+  page->key = mix64(secret ^ (uintptr_t)bmm__page_start(page));
   bmm__secure_guard_tail(page);
   size_t room = (size_t)page->units * BMM_UNIT_SIZE - (page->guarded ? BMM_SPAN_PAGE : 0);
   page->reserved = (uint32_t)(room / page->block_size);
@@ -131,13 +131,13 @@ void bmm__secure_page_init(bmm_page_t *page) {
 /* Make the last 4 KiB of the page's units inaccessible. Without it (the
  * kernel refused, e.g. out of mappings) the page simply has no guard. */
 void bmm__secure_guard_tail(bmm_page_t *page) {
-  uint8_t *end = page->start + (size_t)page->units * BMM_UNIT_SIZE;
+  uint8_t *end = bmm__page_start(page) + (size_t)page->units * BMM_UNIT_SIZE;
   page->guarded = bmm__os_protect(end - BMM_SPAN_PAGE, BMM_SPAN_PAGE, BMM_PROT_NONE) == 0;
 }
 
 /* Before the units go back to the arena. */
 void bmm__secure_unguard(bmm_page_t *page) {
-  uint8_t *end = page->start + (size_t)page->units * BMM_UNIT_SIZE;
+  uint8_t *end = bmm__page_start(page) + (size_t)page->units * BMM_UNIT_SIZE;
   bmm__os_protect(end - BMM_SPAN_PAGE, BMM_SPAN_PAGE, BMM_PROT_READ | BMM_PROT_WRITE);
   page->guarded = 0;
 }

@@ -136,7 +136,7 @@ struct bmm_page_s {
   uintptr_t first_delta;      /* [init] bytes back to its page's first descriptor */
   _Atomic(uintptr_t) tid;     /* [atomic] owning thread (| 1 when in_full), 0 if none */
   bmm_block_t *local_free;    /* [owner] blocks freed by the owner */
-  uint8_t *start;             /* [init] first byte of the page */
+  uintptr_t start_word;       /* [init] first byte of the page: bmm__page_start */
   uint32_t used;              /* [owner] blocks out, including thread_free */
   uint32_t reserved;          /* [init] blocks that fit in the page */
   uint32_t block_inv;         /* [init] inverse of block_size's odd part mod 2^32 */

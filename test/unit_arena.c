@@ -80,19 +80,20 @@ static size_t check_run(const bmm_page_t *page, size_t units, size_t align_units
   size_t first = unit_index(page);
   bad += !CHECK_EQ_SZ(arena->magic, BMM_ARENA_MAGIC);
   bad += !CHECK_EQ_SZ(page->units, units);
-  bad += !CHECK(bmm__page_of(page->start) == page && page->first_delta == 0);
+  bad += !CHECK(bmm__page_of(bmm__page_start(page)) == page && page->first_delta == 0);
   bad += !CHECK(first >= BMM_ARENA_HEADER_UNITS);
   bad += !CHECK(first + units <= BMM_ARENA_UNITS);
   bad += !CHECK_EQ_SZ(first % align_units, 0);
-  bad += !CHECK(page->start == (uint8_t *)arena + first * BMM_UNIT_SIZE);
-  bad += !CHECK_EQ_SZ((uintptr_t)page->start % (align_units * BMM_UNIT_SIZE), 0);
+  bad += !CHECK(bmm__page_start(page) == (uint8_t *)arena + first * BMM_UNIT_SIZE);
+  bad += !CHECK_EQ_SZ((uintptr_t)bmm__page_start(page) % (align_units * BMM_UNIT_SIZE), 0);
   bad +=
-      !CHECK((uintptr_t)page->start + units * BMM_UNIT_SIZE <= (uintptr_t)arena + BMM_REGION_SIZE);
+      !CHECK((uintptr_t)bmm__page_start(page) + units * BMM_UNIT_SIZE <=
+             (uintptr_t)arena + BMM_REGION_SIZE);
   size_t bad_offset = 0, bad_bits = 0, bad_lookup = 0;
   for (size_t i = 0; i < units; i++) {
     if (page[i].first_delta != i * sizeof(bmm_page_t)) bad_offset++;
     if (!unit_used(arena, first + i)) bad_bits++;
-    const uint8_t *u = page->start + i * BMM_UNIT_SIZE;
+    const uint8_t *u = bmm__page_start(page) + i * BMM_UNIT_SIZE;
     if (bmm__page_of(u) != page) bad_lookup++;
     if (bmm__page_of(u + BMM_UNIT_SIZE / 2) != page) bad_lookup++;
     if (bmm__page_of(u + BMM_UNIT_SIZE - 1) != page) bad_lookup++;
@@ -141,8 +142,9 @@ static void check_basic_runs(void) {
   size_t overlap = 0;
   for (size_t i = 0; i < 4; i++)
     for (size_t j = 0; j < i; j++)
-      if (runs[i] && runs[j] && runs[i]->start < runs[j]->start + sizes[j] * BMM_UNIT_SIZE &&
-          runs[j]->start < runs[i]->start + sizes[i] * BMM_UNIT_SIZE)
+      if (runs[i] && runs[j] &&
+          bmm__page_start(runs[i]) < bmm__page_start(runs[j]) + sizes[j] * BMM_UNIT_SIZE &&
+          bmm__page_start(runs[j]) < bmm__page_start(runs[i]) + sizes[i] * BMM_UNIT_SIZE)
         overlap++;
   CHECK_EQ_SZ(overlap, 0);
   CHECK(bmm__arena_check_all());
@@ -191,9 +193,9 @@ static void check_aligned_runs(void) {
   check_run(a64, 5, 64);
   check_run(a256, 1, 256);
   check_run(a8, 8, 8);
-  if (a16) CHECK_EQ_SZ((uintptr_t)a16->start % MiB, 0);
-  if (a64) CHECK_EQ_SZ((uintptr_t)a64->start % (4 * MiB), 0);
-  if (a256) CHECK_EQ_SZ((uintptr_t)a256->start % (16 * MiB), 0);
+  if (a16) CHECK_EQ_SZ((uintptr_t)bmm__page_start(a16) % MiB, 0);
+  if (a64) CHECK_EQ_SZ((uintptr_t)bmm__page_start(a64) % (4 * MiB), 0);
+  if (a256) CHECK_EQ_SZ((uintptr_t)bmm__page_start(a256) % (16 * MiB), 0);
   CHECK(bmm__arena_check_all());
   bmm_page_t *all[] = {pad, a16, pad2, a64, a256, a8};
   for (size_t i = 0; i < 6; i++)
@@ -257,7 +259,7 @@ static void check_fill_reclaim_purge(void) {
     if (fill[i]->units == 1 && i > nfill / 2) single = fill[i], single_i = i;
   }
   if (CHECK(big != NULL && single != NULL)) {
-    uint8_t *big_start = big->start, *single_start = single->start;
+    uint8_t *big_start = bmm__page_start(big), *single_start = bmm__page_start(single);
     bmm__arena_page_free(big);
     CHECK(bmm__arena_check_all());
     hint = home;
@@ -269,13 +271,13 @@ static void check_fill_reclaim_purge(void) {
     if (r100 != NULL) {
       const uint8_t *stale = big_start + 300 * BMM_UNIT_SIZE;
       bmm_page_t *sp = bmm__page_of(stale);
-      CHECK(sp == NULL || atomic_load(&sp->kind) == BMM_PAGE_FREE || stale < sp->start ||
-            stale >= sp->start + (size_t)sp->units * BMM_UNIT_SIZE);
+      CHECK(sp == NULL || atomic_load(&sp->kind) == BMM_PAGE_FREE || stale < bmm__page_start(sp) ||
+            stale >= bmm__page_start(sp) + (size_t)sp->units * BMM_UNIT_SIZE);
     }
     hint = home;
     bmm_page_t *r412 = claim(&hint, 412, 1);
-    CHECK(r100 != NULL && r100->start == big_start);
-    CHECK(r412 != NULL && r412->start == big_start + 100 * BMM_UNIT_SIZE);
+    CHECK(r100 != NULL && bmm__page_start(r100) == big_start);
+    CHECK(r412 != NULL && bmm__page_start(r412) == big_start + 100 * BMM_UNIT_SIZE);
     check_run(r100, 100, 1);
     check_run(r412, 412, 1);
     hint = home;
@@ -303,11 +305,11 @@ static void check_fill_reclaim_purge(void) {
     CHECK(bmm__arena_check_all());
     hint = home;
     bmm_page_t *again = claim(&hint, 1, 1);
-    CHECK(again != NULL && again->start == single_start);
+    CHECK(again != NULL && bmm__page_start(again) == single_start);
     if (again != NULL) {
       CHECK(unit_dirty(arena, su));
-      CHECK(again->start[0] == 0 && again->start[BMM_UNIT_SIZE - 1] == 0);
-      again->start[0] = 1; /* and it is writable */
+      CHECK(bmm__page_start(again)[0] == 0 && bmm__page_start(again)[BMM_UNIT_SIZE - 1] == 0);
+      bmm__page_start(again)[0] = 1; /* and it is writable */
       fill[single_i] = again;
     }
   }
@@ -350,7 +352,7 @@ static void check_huge(void) {
     bmm_page_t *page = bmm__page_of(p);
     if (!CHECK(page != NULL)) continue;
     CHECK_EQ_LONG(atomic_load(&page->kind), BMM_PAGE_HUGE);
-    CHECK(page->start == p);
+    CHECK(bmm__page_start(page) == p);
     CHECK(page->block_size >= size);
     CHECK_EQ_SZ(page->block_size, (size + ps - 1) & ~(ps - 1));
     CHECK_EQ_SZ(bmm__arena_of_page(page)->magic, BMM_HUGE_MAGIC);

@@ -135,8 +135,8 @@ static void check_class(size_t cls) {
   CHECK(atomic_load(&page->heap) == &fake_heap);
   CHECK_EQ_SZ(atomic_load(&page->tid), fake_heap.tid);
   CHECK(bmm__page_is_valid(page));
-  CHECK(bmm__page_of(page->start) == page);
-  CHECK(bmm__page_of(page->start + units * BMM_UNIT_SIZE - 1) == page);
+  CHECK(bmm__page_of(bmm__page_start(page)) == page);
+  CHECK(bmm__page_of(bmm__page_start(page) + units * BMM_UNIT_SIZE - 1) == page);
 
   /* Extend until every block is carved, popping each batch as malloc does. */
   size_t step = 4096 / bs ? 4096 / bs : 1, n = 0, bad_order = 0, bad_align = 0, bad_step = 0;
@@ -149,7 +149,7 @@ static void check_class(size_t cls) {
     if (!bmm__page_is_valid(page)) bad_valid++;
     void *b;
     while ((b = pop(page)) != NULL) {
-      if (b != page->start + n * bs) bad_order++;
+      if (b != bmm__page_start(page) + n * bs) bad_order++;
       if ((uintptr_t)b % BMM_ALIGN != 0) bad_align++;
       if ((bs & (bs - 1)) == 0 && (uintptr_t)b % bs != 0) bad_align++;
       blocks[n++] = b;
@@ -164,7 +164,7 @@ static void check_class(size_t cls) {
   CHECK_EQ_SZ(page->capacity, page->reserved);
   CHECK_EQ_SZ(page->used, page->reserved);
   CHECK(page->free == NULL);
-  CHECK((uint8_t *)blocks[n - 1] + bs <= page->start + units * BMM_UNIT_SIZE);
+  CHECK((uint8_t *)blocks[n - 1] + bs <= bmm__page_start(page) + units * BMM_UNIT_SIZE);
   /* The blocks are usable memory. */
   memset(blocks[0], 0x5A, bs);
   memset(blocks[n - 1], 0xA5, bs);
@@ -305,9 +305,10 @@ static void check_validator(void) {
 
   /* Blocks that are not blocks of the carved part. */
   bmm_block_t *saved = page->local_free;
-  bmm_block_t *uncarved = (bmm_block_t *)(page->start + (size_t)page->capacity * page->block_size);
+  bmm_block_t *uncarved =
+      (bmm_block_t *)(bmm__page_start(page) + (size_t)page->capacity * page->block_size);
   bmm_block_t *misaligned = (bmm_block_t *)(b + 16);
-  bmm_block_t *below = (bmm_block_t *)(page->start - page->block_size);
+  bmm_block_t *below = (bmm_block_t *)(bmm__page_start(page) - page->block_size);
   bmm_block_t *bad[] = {uncarved, misaligned, below};
   for (size_t i = 0; i < 3; i++) {
     page->local_free = bad[i];

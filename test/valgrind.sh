@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # valgrind.sh BUILD_DIR: with BrainMM built with BMM_VALGRIND=ON (client
 # requests), memcheck must (1) find no error in the stress test and the API
-# contract test, (2) report exactly the blocks a program leaks, with the
-# function that allocated them, and (3) see a read past the end of a block.
+# contract test, (2) report exactly the blocks a program leaks, as definitely
+# lost, with the function that allocated them, and (3) see a read past the end of a block.
 # Skipped (exit 77) when valgrind is not installed.
 set -u
 . "$(dirname "$0")/check.sh"
@@ -18,15 +18,17 @@ rc=$?
 rc=$?
 [ $rc -eq 0 ] && pass "contract_api: memcheck clean" || fail "contract_api under memcheck: exit $rc: $(head -20 /tmp/bmm_vg_contract.$$)"
 
-# The two blocks leak_two keeps are heap blocks in use at exit, each with
-# leak_two in its allocation stack; the block it frees is gone.
+# The three blocks leak_three keeps are definitely lost at exit (nothing of
+# BrainMM's may look like a pointer to them), each with leak_three in its
+# allocation stack; the block it frees is gone.
 out=$(valgrind --leak-check=full --show-leak-kinds=all "$build/test/valgrind_leak" 2>&1)
-records=$(echo "$out" | grep -c "are .* in loss record")
-if echo "$out" | grep -q "in use at exit: [0-9,]* bytes in 2 blocks" && [ "$records" -eq 2 ] &&
-   [ "$(echo "$out" | grep -c 'by 0x[0-9A-F]*: leak_two')" -eq 2 ]; then
-  pass "a program's two kept blocks are reported with their allocation site, the freed one not"
+records=$(echo "$out" | grep -c "are definitely lost in loss record")
+if echo "$out" | grep -q "in use at exit: [0-9,]* bytes in 3 blocks" && [ "$records" -eq 3 ] &&
+   echo "$out" | grep -q "still reachable: 0 bytes in 0 blocks" &&
+   [ "$(echo "$out" | grep -c 'by 0x[0-9A-F]*: leak_three')" -eq 3 ]; then
+  pass "three lost blocks (small, large, huge): definitely lost, with their allocation site"
 else
-  fail "leak report under memcheck: $(echo "$out" | grep -E 'in use|loss record|leak_two' | head)"
+  fail "leak report under memcheck: $(echo "$out" | grep -E 'in use|loss record|leak_three|reachable' | head)"
 fi
 
 out=$(valgrind "$build/test/valgrind_leak" past 2>&1)

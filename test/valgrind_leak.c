@@ -1,25 +1,28 @@
 /* valgrind_leak.c: a program that leaks on purpose, for valgrind.sh: under
  * `valgrind --leak-check=full`, with BrainMM built with BMM_VALGRIND=ON,
- * memcheck must see BrainMM's blocks as heap blocks: the two blocks that
- * leak_two() keeps are in use at exit with its name in their stack (as
- * "still reachable" when BrainMM's own metadata points at them, which
- * memcheck scans like any mapped memory), the freed one is not, and a read
- * past the end of a block (into a free one, beyond the 16 bytes the
- * allocator keeps accessible) is an invalid read. It calls the bmm_ names: valgrind replaces any
- * function named malloc it can see, a program's own included.
+ * memcheck must see BrainMM's blocks as heap blocks: the three blocks that
+ * leak_three() keeps (small, large and huge, each the first of its page,
+ * span unit or mapping, whose descriptor records where it starts) are
+ * "definitely lost" at exit with its name in their stack, the freed one is
+ * not reported, and a read past the end of a block (into a free one, beyond
+ * the 16 bytes the allocator keeps accessible) is an invalid read. It calls
+ * the bmm_ names: valgrind replaces any function named malloc it can see, a
+ * program's own included.
  */
 #include <brainmm.h>
 
 void *volatile sink;
 
-__attribute__((noinline, visibility("default"))) void leak_two(void) {
-  void *a = bmm_malloc(100);    /* small: lost */
-  void *b = bmm_malloc(200000); /* large: lost */
-  void *c = bmm_malloc(300);    /* freed */
+__attribute__((noinline, visibility("default"))) void leak_three(void) {
+  void *a = bmm_malloc(100);      /* small: lost */
+  void *b = bmm_malloc(200000);   /* large: lost */
+  void *d = bmm_malloc(20 << 20); /* huge: lost */
+  void *c = bmm_malloc(300);      /* freed */
   bmm_free(c);
   sink = a;
   sink = b;
-  sink = NULL; /* the last pointers to a and b are gone */
+  sink = d;
+  sink = NULL; /* the last pointers to a, b and d are gone */
 }
 
 __attribute__((noinline, visibility("default"))) int read_past_end(void) {
@@ -33,7 +36,7 @@ __attribute__((noinline, visibility("default"))) int read_past_end(void) {
 }
 
 int main(int argc, char **argv) {
-  leak_two();
+  leak_three();
   if (argc > 1) return read_past_end() == 123;
   return 0;
 }
