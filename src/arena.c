@@ -320,7 +320,10 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
   }
 }
 
-/* Give back units whose descriptors the caller has reset to FREE. */
+/* Give back units whose descriptors the caller has reset to FREE. No
+ * sweep here: large.c calls this under a span lock, and a sweep takes
+ * locks (the caches'; the hook's span locks), which fork takes in the
+ * other order. The callers sweep once they hold no lock. */
 void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
   atomic_fetch_sub_explicit(&arena->used_units, units, memory_order_relaxed);
   bits_clear(arena->used, first, units); /* release: descriptors reset first */
@@ -330,7 +333,6 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
                                                          memory_order_relaxed,
                                                          memory_order_relaxed)) {
   }
-  bmm__arena_purge_due();
 }
 
 size_t bmm__arena_count(void) {
@@ -362,6 +364,7 @@ void bmm__arena_page_free(bmm_page_t *page) {
    * with a free unit: freed (still committed) units are reused before
    * untouched ones and the footprint stays compact. */
   bmm__arena_release_units(arena, first, units);
+  bmm__arena_purge_due();
 }
 
 /* ---- Purging ---------------------------------------------------------- */
@@ -401,7 +404,8 @@ static bmm_arena_t *arena_at(size_t i) {
   return atomic_load_explicit(&arena_table[i], memory_order_acquire);
 }
 
-/* Purge every arena whose deadline has passed; recompute purge_next. */
+/* Purge every arena whose deadline has passed; recompute purge_next. Never
+ * called with a lock of ours held (see bmm__arena_release_units). */
 void bmm__arena_purge_due(void) {
   int64_t next = atomic_load_explicit(&purge_next, memory_order_relaxed);
   if (next == 0) return;

@@ -263,104 +263,119 @@ static void *span_take(size_t n) {
  * at most 2n usable pages (the usable size grows, the guard still ends
  * the block), else cut: the front gets a new guard (one call), the rest
  * keeps the old one and stays cached. Only a span that leaves the cache
- * unused (expired, evicted, bmm_collect(true)) loses its guard and joins
- * the free spans. Size and slack come from w_large (8 live blocks of 64
- * KiB-32 MiB): 16 entries taken whole up to 1.25n made 1.3 calls a block,
- * 32 up to 2n make 0.02. The slack holds memory only where it was written
- * (by this block or an earlier one).
+ * unused loses its guard and joins the free spans: evicted (the oldest
+ * goes when 32 entries or 128 MiB are held), expired (its memory is given
+ * back then, so that it is not held for two delays), or flushed
+ * (bmm_collect(true), or a span allocation that found no room). Sizes and
+ * slack come from w_large (8 live blocks of 64 KiB-32 MiB): 16 entries
+ * taken whole up to 1.25n made 1.3 calls a block, 32 up to 2n 0.02 (0.2
+ * when capped at 64 MiB).
+ * The slack holds memory only where it was written (by this block or an
+ * earlier one). purge_delay=0 (give memory back at once) caches nothing.
  *
  * A cached span keeps used tags (its neighbours cannot merge with it)
  * with BMM_SPAN_CACHED in its link field, which span_pages reads as "no
  * live span here": free, realloc and usable_size report it as freed.
- * Lock order: never the cache lock and a span lock at once. */
+ * Locks: a thread never waits for the cache lock while it holds a span
+ * lock or the other way round, and the arena's sweep (which calls
+ * span_cache_sweep) runs with no lock held; fork takes the cache lock,
+ * then the span locks. */
 #define BMM_SPAN_CACHE 32
+#define BMM_SPAN_CACHE_PAGES ((size_t)128 << (20 - BMM_SPAN_SHIFT))
 #define BMM_SPAN_CACHED UINT32_MAX
 
-static struct {
-  bmm_arena_t *a; /* NULL: empty slot */
+typedef struct span_cached_s {
+  bmm_arena_t *a;   /* NULL: empty slot */
   uint32_t pg, len; /* the span, its guard included */
-  int64_t expires; /* ms */
-} span_cache[BMM_SPAN_CACHE];
+  int64_t expires;  /* ms */
+  uint64_t seq;     /* age: the smallest is evicted first */
+} span_cached_t;
+
+/* All under span_cache_lock. */
+static span_cached_t span_cache[BMM_SPAN_CACHE];
+static size_t span_cache_pages;
+static uint64_t span_cache_seq;
 static atomic_int span_cache_lock;
 
-/* Give a cached span up: guard down, then free (merged, binned). */
-static void span_cache_drop(bmm_arena_t *a, size_t pg, size_t len) {
-  guard_set(a, pg + len - 1, false);
-  span_lock(a);
-  span_clear(a, pg, len);
-  span_make_free(a, pg, len);
-  span_unlock(a);
+static bool span_cache_on(void) {
+  return guard_pages() && bmm__options[BMM_OPTION_PURGE_DELAY] != 0;
+}
+
+/* Take entry i out (lock held), into *out. */
+static void span_cache_remove(size_t i, span_cached_t *out) {
+  *out = span_cache[i];
+  span_cache_pages -= span_cache[i].len;
+  span_cache[i].a = NULL;
+}
+
+/* Give a span that left the cache up: guard down, its memory back to the
+ * OS if `purge`, then free (merged, binned, whole units to the arena). */
+static void span_cache_drop(const span_cached_t *e, bool purge) {
+  guard_set(e->a, e->pg + e->len - 1, false);
+  if (purge) bmm__os_reset(page_addr(e->a, e->pg), (size_t)e->len << BMM_SPAN_SHIFT);
+  span_lock(e->a);
+  span_clear(e->a, e->pg, e->len);
+  span_make_free(e->a, e->pg, e->len);
+  span_unlock(e->a);
 }
 
 static int64_t span_cache_sweep(int64_t now);
 
-/* Cache the span [pg, pg+len) of `a`, already marked BMM_SPAN_CACHED. A
- * full cache drops its oldest entry. */
+/* Cache the span [pg, pg+len) of `a`, already marked BMM_SPAN_CACHED,
+ * evicting the oldest entries while the cache is full. */
 static void span_cache_put(bmm_arena_t *a, size_t pg, size_t len) {
   long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
-  int64_t now = bmm__os_now_ms();
-  int64_t expires = delay < 0 ? INT64_MAX : now + delay;
+  int64_t expires = delay < 0 ? INT64_MAX : bmm__os_now_ms() + delay;
+  span_cached_t out[BMM_SPAN_CACHE];
+  size_t n_out = 0, slot = BMM_SPAN_CACHE;
   bmm__spin_lock(&span_cache_lock);
-  size_t slot = 0;
-  for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
-    if (span_cache[i].a == NULL) {
-      slot = i;
-      break;
+  for (;;) {
+    size_t oldest = BMM_SPAN_CACHE;
+    slot = BMM_SPAN_CACHE;
+    for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
+      if (span_cache[i].a == NULL) {
+        if (slot == BMM_SPAN_CACHE) slot = i;
+      } else if (oldest == BMM_SPAN_CACHE || span_cache[i].seq < span_cache[oldest].seq) {
+        oldest = i;
+      }
     }
-    if (span_cache[i].expires < span_cache[slot].expires) slot = i;
+    bool room = span_cache_pages + len <= BMM_SPAN_CACHE_PAGES || oldest == BMM_SPAN_CACHE;
+    if (slot != BMM_SPAN_CACHE && room) break;
+    span_cache_remove(oldest, &out[n_out++]);
   }
-  bmm_arena_t *old_a = span_cache[slot].a;
-  size_t old_pg = span_cache[slot].pg, old_len = span_cache[slot].len;
-  span_cache[slot].a = a;
-  span_cache[slot].pg = (uint32_t)pg;
-  span_cache[slot].len = (uint32_t)len;
-  span_cache[slot].expires = expires;
+  span_cache[slot] = (span_cached_t){a, (uint32_t)pg, (uint32_t)len, expires, ++span_cache_seq};
+  span_cache_pages += len;
   bmm__spin_unlock(&span_cache_lock);
-  if (old_a != NULL) span_cache_drop(old_a, old_pg, old_len);
+  for (size_t i = 0; i < n_out; i++)
+    span_cache_drop(&out[i], false);
   if (expires != INT64_MAX) bmm__arena_sweep_hook(span_cache_sweep, expires);
 }
 
-/* Drop the entries due by `now` (all with -1); the next deadline, or 0.
- * The arena's sweep may run inside a span lock (a span made free gives
- * units back, which checks for due purges), so from there (`sweep`) an
- * entry whose arena lock is taken waits for the next sweep rather than
- * deadlock; peeking is enough: a lock this thread holds stays taken. */
-static int64_t span_cache_expire(int64_t now, bool sweep) {
-  struct {
-    bmm_arena_t *a;
-    size_t pg, len;
-  } drop[BMM_SPAN_CACHE];
-  size_t n = 0;
+/* Give up the entries due by `now` (all with -1), memory included; the
+ * next deadline, or 0 for none. */
+static int64_t span_cache_expire(int64_t now) {
+  span_cached_t out[BMM_SPAN_CACHE];
+  size_t n_out = 0;
   int64_t next = 0;
   bmm__spin_lock(&span_cache_lock);
   for (size_t i = 0; i < BMM_SPAN_CACHE; i++) {
-    bmm_arena_t *a = span_cache[i].a;
-    if (a == NULL) continue;
+    if (span_cache[i].a == NULL) continue;
     int64_t due = span_cache[i].expires;
-    if ((now < 0 || due <= now) && sweep &&
-        atomic_load_explicit(&a->span_lock, memory_order_relaxed) != 0)
-      due = now + 1;
-    else if (now < 0 || due <= now) {
-      drop[n].a = a;
-      drop[n].pg = span_cache[i].pg;
-      drop[n++].len = span_cache[i].len;
-      span_cache[i].a = NULL;
-      continue;
-    }
-    if (due != INT64_MAX && (next == 0 || due < next)) next = due;
+    if (now < 0 || due <= now) span_cache_remove(i, &out[n_out++]);
+    else if (due != INT64_MAX && (next == 0 || due < next)) next = due;
   }
   bmm__spin_unlock(&span_cache_lock);
-  for (size_t i = 0; i < n; i++)
-    span_cache_drop(drop[i].a, drop[i].pg, drop[i].len);
+  for (size_t i = 0; i < n_out; i++)
+    span_cache_drop(&out[i], true);
   return next;
 }
 
 static int64_t span_cache_sweep(int64_t now) {
-  return span_cache_expire(now, true);
+  return span_cache_expire(now);
 }
 
 void bmm__large_cache_flush(void) {
-  if (bmm__secure) span_cache_expire(-1, false);
+  if (guard_pages()) span_cache_expire(-1);
 }
 
 void bmm__large_fork_prepare(void) {
@@ -381,14 +396,12 @@ static void *span_cache_take(size_t n, bool exact) {
     if (span_cache[i].a == NULL || len < want || (exact && len != want)) continue;
     if (best == BMM_SPAN_CACHE || len < span_cache[best].len) best = i;
   }
-  if (best == BMM_SPAN_CACHE) {
-    bmm__spin_unlock(&span_cache_lock);
-    return NULL;
-  }
-  bmm_arena_t *a = span_cache[best].a;
-  size_t pg = span_cache[best].pg, len = span_cache[best].len;
-  span_cache[best].a = NULL;
+  span_cached_t e;
+  if (best != BMM_SPAN_CACHE) span_cache_remove(best, &e);
   bmm__spin_unlock(&span_cache_lock);
+  if (best == BMM_SPAN_CACHE) return NULL;
+  bmm_arena_t *a = e.a;
+  size_t pg = e.pg, len = e.len;
   /* Whole, when the rest would be small (or only a guard with no page). */
   bool cut = len - want >= 2 && len - want > n;
   span_lock(a);
@@ -411,11 +424,15 @@ static void *span_cache_take(size_t n, bool exact) {
  * pages API asks for an `exact` size: its blocks are counted in pages). */
 static void *span_alloc(size_t n, bool exact) {
   size_t g = guard_pages();
-  if (g) {
+  if (span_cache_on()) {
     void *c = span_cache_take(n, exact);
     if (c != NULL) return c;
   }
   uint8_t *p = span_take(n + g);
+  if (p == NULL && g) { /* the room may be in the cache */
+    span_cache_expire(-1);
+    p = span_take(n + g);
+  }
   if (p != NULL && g) {
     bmm_arena_t *a = bmm__arena_of_page(bmm__page_of(p));
     guard_set(a, page_index(a, p) + n, true);
@@ -548,11 +565,13 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
     return;
   }
   size_t pg = page_index(a, p);
-  if (guard_pages()) { /* into the cache, guard and all */
+  if (span_cache_on()) { /* into the cache, guard and all */
     a->spans[pg].next = BMM_SPAN_CACHED;
     span_unlock(a);
     span_cache_put(a, pg, len);
   } else {
+    /* The guard goes before the span can be merged and handed out. */
+    if (guard_pages()) guard_set(a, pg + len - 1, false);
     span_clear(a, pg, len);
     span_make_free(a, pg, len);
     span_unlock(a);

@@ -358,6 +358,33 @@ static void large_cache_churn(void *arg) {
   CHECK(bmm_heap_check());
 }
 
+/* 9g. Memory held by the span cache serves a block that needs it: with
+ * the address space capped, the arena full and two neighbouring 8 MiB
+ * blocks freed (each cached on its own), 12 MiB still comes. */
+static void large_room_in_cache(void *arg) {
+  (void)arg;
+  FILE *f = fopen("/proc/self/statm", "r");
+  unsigned long vm_pages = 0;
+  CHECK(f != NULL && fscanf(f, "%lu", &vm_pages) == 1);
+  if (f != NULL) fclose(f);
+  struct rlimit lim;
+  lim.rlim_cur = lim.rlim_max = vm_pages * (unsigned long)sysconf(_SC_PAGESIZE) + 64 * MiB;
+  CHECK(setrlimit(RLIMIT_AS, &lim) == 0);
+  enum { MAX = 64 };
+  unsigned char *b[MAX];
+  int n = 0;
+  while (n < MAX && (b[n] = bmm_malloc(8 * MiB)) != NULL) n++;
+  CHECK(n >= 3 && n < MAX); /* the arena filled up */
+  int k = -1;
+  for (int i = 0; i + 1 < n && k < 0; i++)
+    if (b[i + 1] > b[i] && (size_t)(b[i + 1] - b[i]) <= 8 * MiB + 64 * KiB) k = i;
+  if (!CHECK(k >= 0)) return;
+  bmm_free(b[k]);
+  bmm_free(b[k + 1]);
+  void *p = bmm_malloc(12 * MiB);
+  CHECK(p != NULL);
+}
+
 /* 9f. A freed large block is reported, not handed to realloc. */
 static void realloc_freed_large(void *arg) {
   (void)arg;
@@ -427,6 +454,7 @@ static void run_misuse_cases(void) {
   expect_signal("one byte past the rest of a cut cached span", overflow_large_cut,
                 (void *)(uintptr_t)1, SIGSEGV);
   expect_clean("large blocks through the span cache", large_cache_churn, NULL);
+  expect_clean("room in the span cache serves a bigger block", large_room_in_cache, NULL);
   expect_abort("realloc of a freed large block", realloc_freed_large, NULL, "realloc", "free",
                NULL, NULL);
 }
