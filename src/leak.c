@@ -168,7 +168,7 @@ bool bmm__leak_want(bmm_theap_t *heap, size_t bytes) {
 
 /* The slow path of `heap` found the free list of `page` used up: count it. */
 void bmm__leak_count_page(bmm_theap_t *heap, bmm_page_t *page) {
-  heap->leak_left -= (int64_t)((size_t)page->installed * page->block_size);
+  heap->leak_left -= (int64_t)((size_t)page->installed * bmm__page_usable(page));
   page->installed = 0;
 }
 

@@ -177,7 +177,7 @@ bool bmm__page_visit(const bmm_page_t *page, const bmm_block_t *more, bmm_visit_
   }
   for (size_t i = 0; i < cap; i++)
     if (!(freed[i / 64] >> (i % 64) & 1) &&
-        !fn(bmm__page_start(page) + i * page->block_size, page->block_size, arg))
+        !fn(bmm__page_start(page) + i * page->block_size, bmm__page_usable(page), arg))
       return false;
   return true;
 }
