@@ -129,13 +129,6 @@ bmm_inline bmm_page_t *bmm__page_of(const void *p) {
   return bmm__is_ours(p) ? bmm__page_of_ours(p) : NULL;
 }
 
-/* Index of the block p starts in a small/medium page, or a value >=
- * page->reserved when p is not a block start (an interior pointer, or the
- * slack after the last block). No division: with block_size = m * 2^k, m
- * odd, a multiple n of block_size gives n * m^-1 mod 2^32 = (n / block_size)
- * << k exactly, and rotating right by k yields n / block_size; for any
- * other n the rotation leaves high bits set, far above `reserved`. Page
- * offsets are below 2^32, so 32-bit arithmetic is exact. */
 /* The first byte of a page (or of a large block's run). A valgrind build
  * keeps it disguised, its top bit flipped: memcheck's leak check takes
  * any word in mapped memory that holds a block's address for a pointer to
@@ -155,6 +148,13 @@ bmm_inline void bmm__page_set_start(bmm_page_t *page, uint8_t *start) {
   page->start_word = (uintptr_t)start ^ BMM_START_DISGUISE;
 }
 
+/* Index of the block p starts in a small/medium page, or a value >=
+ * page->reserved when p is not a block start (an interior pointer, or the
+ * slack after the last block). No division: with block_size = m * 2^k, m
+ * odd, a multiple n of block_size gives n * m^-1 mod 2^32 = (n / block_size)
+ * << k exactly, and rotating right by k yields n / block_size; for any
+ * other n the rotation leaves high bits set, far above `reserved`. Page
+ * offsets are below 2^32, so 32-bit arithmetic is exact. */
 bmm_inline uint32_t bmm__page_block_index(const bmm_page_t *page, const void *p) {
   uint32_t n = (uint32_t)((uintptr_t)p - (uintptr_t)bmm__page_start(page)) * page->block_inv;
   uint32_t k = page->block_shift;
