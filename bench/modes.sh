@@ -15,12 +15,18 @@
 # changes nothing). Programs' stderr is discarded, but failed runs' is kept
 # in RESULTS_DIR/modes.log.
 #
+# Then real programs, the same way (bench/program.sh times each; rows
+# prog_python3, prog_python3_malloc, prog_sqlite3, prog_cc; one whose
+# command is not installed is skipped with a line): their geometric mean is
+# given apart, since a program spends most of its time outside malloc.
+#
 # Environment (all optional):
 #   QUICK=1          each row's quick arguments, 2 repeats
 #   REPEATS=N        runs per (row, mode); default 3, 2 with QUICK
 #   WORKLOADS=a,b    only these row ids (shell patterns: WORKLOADS='larson*')
 #   MODES=a,b        only these modes, the first is the baseline (default:
 #                    default,stats,secure,secure2,leak_sampled)
+#   PROGRAMS=0       no real programs
 #   RUN_TIMEOUT=S    kill a run after S seconds (default 120)
 #   BUILD_DIR, RESULTS_DIR   the build tree and the output directory
 # Exit status: 0; 1 if a run crashed, hung, printed no mops= or did not use
@@ -72,6 +78,21 @@ while IFS='|' read -r id prog args qargs kind _; do
     fi
   done
 done <"$root/bench/workloads.txt"
+prog_ids=()
+if [ "${PROGRAMS:-1}" != 0 ]; then
+  for p in python3 python3_malloc sqlite3 cc; do
+    for pat in "${patterns[@]}"; do
+      # shellcheck disable=SC2053 # $pat is a pattern on purpose
+      [[ prog_$p == $pat ]] || continue
+      if command -v "${p%_malloc}" >/dev/null 2>&1; then
+        ids+=("prog_$p") progs+=("$root/bench/program.sh") argss+=("$p") prog_ids+=("prog_$p")
+      else
+        echo "modes.sh: ${p%_malloc} is not installed: row prog_$p skipped" >&2
+      fi
+      break
+    done
+  done
+fi
 [ "${#ids[@]}" -gt 0 ] || die "no time rows match WORKLOADS=${WORKLOADS:-}"
 
 mkdir -p "$out" || die "cannot create $out"
@@ -132,9 +153,11 @@ hash=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
   printf -- '- **modes**:'
   for m in "${modes[@]}"; do e=$(mode_env "$m"); printf " \`%s\` (%s)" "$m" "${e:-no option}"; done
   printf '\n\nMedians of Mops/s (higher is better); *cost* = %s Mops/s / mode Mops/s (above 1x: slower).\n\n' "${modes[0]}"
-  python3 - "$data" "$(IFS=,; echo "${modes[*]}")" "$(IFS=,; echo "${ids[*]}")" <<'EOF'
+  python3 - "$data" "$(IFS=,; echo "${modes[*]}")" "$(IFS=,; echo "${ids[*]}")" \
+    "$(IFS=,; echo "${prog_ids[*]+"${prog_ids[*]}"}")" <<'EOF'
 import math, statistics, sys
 modes, rows = sys.argv[2].split(","), sys.argv[3].split(",")
+programs = set(filter(None, sys.argv[4].split(",")))
 runs = {}  # (row, mode) -> [(mops, seconds or None)], None for a failed run
 for f in map(str.split, open(sys.argv[1])):
     runs.setdefault((f[0], f[1]), []).append(
@@ -149,7 +172,9 @@ def cell(row, mode):  # median mops, or how many runs failed
 def rate(row, mode, by_secs):  # what costs compare: median mops, or 1 / median seconds
     v = med(row, mode, 1 if by_secs else 0)
     return (1 / v if by_secs else v) if v else None
-base, others, costs, notes = modes[0], modes[1:], {m: [] for m in modes[1:]}, False
+base, others, notes = modes[0], modes[1:], False
+costs = {m: [] for m in modes[1:]}  # the suite's rows
+pcosts = {m: [] for m in modes[1:]}  # real programs
 print("| workload | %s Mops/s |" % base + "".join(" %s Mops/s | %s cost |" % (m, m) for m in others))
 print("|---|---:|" + "---:|---:|" * len(others))
 for row in rows:
@@ -160,11 +185,15 @@ for row in rows:
     for m in others:
         r = rate(row, m, by_secs)
         c = r0 / r if r0 and r else None
-        costs[m] += [c] if c else []
+        (pcosts if row in programs else costs)[m] += [c] if c else []
         cells += [cell(row, m), "%.2fx" % c if c else ""]
     print("| %s%s | %s |" % (row, " †" if by_secs else "", " | ".join(cells)))
-geo = ["%.2fx" % math.exp(sum(map(math.log, c)) / len(c)) if c else "" for c in costs.values()]
-print("| **geometric mean** | |" + "".join(" | %s |" % g for g in geo))
+def geo(cs):
+    return ["%.2fx" % math.exp(sum(map(math.log, c)) / len(c)) if c else "" for c in cs.values()]
+name = "**geometric mean**" if not programs else "**geometric mean** (suite rows)"
+print("| %s | |" % name + "".join(" | %s |" % g for g in geo(costs)))
+if programs:
+    print("| **geometric mean** (prog_ rows) | |" + "".join(" | %s |" % g for g in geo(pcosts)))
 if notes:
     print("\n† mops= has too few digits here: cost = mode seconds= / %s seconds= (medians; the work is fixed)." % base)
 EOF

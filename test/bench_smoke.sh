@@ -12,7 +12,9 @@
 #   - micro mem: 100 MB of live objects need at least 100 MB of RSS and,
 #     under BrainMM, less than 2.5 times that; growth rss: BrainMM gives
 #     the freed GiB back within the delay;
-#   - bench/modes.sh on one row and two modes writes its table.
+#   - bench/modes.sh on one row and two modes writes its table;
+#   - bench/program.sh cc (a real program for modes.sh) prints its RESULT
+#     line with a positive time.
 # Prints "N passed, N failed" and exits non-zero on any failure.
 set -u
 
@@ -140,5 +142,14 @@ else
   fail "bench/modes.sh: $(tail -3 "$tmp/err")"
 fi
 rm -rf "$tmp"
+
+# bench/program.sh: the compile, under BrainMM.
+res=$(LD_PRELOAD="$lib" timeout "$limit" bash "$root/bench/program.sh" cc 2>&1)
+if grep -Eq '^RESULT workload=cc seconds=[0-9.]+ mops=[0-9.]+$' <<<"$res" &&
+  awk '{ split($3, a, "="); exit !(a[2] > 0) }' <<<"$res"; then
+  pass "bench/program.sh cc: $res"
+else
+  fail "bench/program.sh cc: $res"
+fi
 
 finish
