@@ -103,13 +103,17 @@ bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
 
 /* realloc's common case, in a few instructions: p is a small or medium
  * block that holds `size` bytes already without wasting half of itself
- * (resize_block's rule for keeping a block). Returns p then, NULL for
- * everything else (large blocks, other pointers, misuse: the slow path
- * sorts them out and reports). */
+ * (resize_block's rule for keeping a block), or a span whose page count
+ * stays. Returns p then, NULL for everything else (other large blocks,
+ * other pointers, misuse: the slow path sorts them out and reports). */
 bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
   if (bmm_unlikely(!bmm__is_ours(p))) return NULL;
   bmm_page_t *page = bmm__page_of_ours(p);
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
+  if (kind == BMM_PAGE_SPANS) { /* a live span that keeps its page count */
+    size_t usable = bmm__span_usable(p, page);
+    return usable != 0 && size <= usable && size > usable - BMM_SPAN_PAGE ? p : NULL;
+  }
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
   /* A freed block (or secure mode, which marks them its own way) goes to
    * the slow path, which reports a realloc of a freed block. */

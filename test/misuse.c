@@ -4,7 +4,8 @@
  * small, medium or large block, a second free of a large, a small or a
  * medium block (right after the first, after other frees, after another
  * thread freed it, by another thread after the owner freed it, twice by
- * another thread) and a realloc of a freed small block. The
+ * another thread) and a realloc of a freed small or large block or of a
+ * pointer into a large one. The
  * child must die of SIGABRT after printing exactly one diagnostic line
  * naming the call and the address. Then the same cases run with
  * abort_on_error=0 in one process: each call is reported and ignored, and
@@ -43,6 +44,8 @@ typedef enum {
   REALLOC_STACK,
   REALLOC_INTERIOR,
   REALLOC_FREED,
+  REALLOC_FREED_LARGE,
+  REALLOC_INTERIOR_LARGE,
   CASE_COUNT
 } misuse_t;
 
@@ -53,10 +56,11 @@ static const char *const case_name[CASE_COUNT] = {
     "double free medium",   "double free after a remote free",
     "double free by another thread after the owner", "double free twice by another thread",
     "realloc(stack)",
-    "realloc(interior)",    "realloc(freed)"};
+    "realloc(interior)",    "realloc(freed)", "realloc(freed large)", "realloc(interior large)"};
 static const char *const case_call[CASE_COUNT] = {
     "free(", "free(", "free(", "free(", "free(", "free(", "free(", "free(",
-    "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc("};
+    "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc(", "realloc(",
+    "realloc("};
 
 static void *free_in_thread(void *p) {
   bmm_free(p);
@@ -142,13 +146,19 @@ static void *do_misuse(misuse_t c) {
     CHECK(pthread_join(t, NULL) == 0);
     break;
   }
-  case REALLOC_FREED: {
-    void *p = bmm_malloc(64);
+  case REALLOC_FREED:
+  case REALLOC_FREED_LARGE: { /* sizes realloc's shortcuts would keep */
+    size_t size = c == REALLOC_FREED ? 64 : 100000;
+    void *p = bmm_malloc(size);
     bmm_free(p);
     bad = p;
-    CHECK(bmm_realloc(bad, 60) == NULL);
+    CHECK(bmm_realloc(bad, size - 4) == NULL);
     break;
   }
+  case REALLOC_INTERIOR_LARGE:
+    bad = (char *)bmm_malloc(100000) + 4096;
+    CHECK(bmm_realloc(bad, 90000) == NULL);
+    break;
   case REALLOC_STACK:
     bad = on_stack;
     CHECK(bmm_realloc(bad, 100) == NULL);
