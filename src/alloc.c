@@ -163,13 +163,7 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     errno = ENOMEM;
     return NULL;
   }
-  /* A small block that outgrows itself is likely to grow again (a string
-   * appended to, a buffer filled): give it a quarter more than it had, so
-   * that growth by small steps moves it once per 25% rather than once per
-   * size class (12.5% apart), and its copying stays linear in its size. */
-  size_t want = size;
-  if (size > usable && usable <= BMM_MEDIUM_MAX && size < usable + usable / 4)
-    want = usable + usable / 4;
+  size_t want = bmm__realloc_want(size, usable);
   void *q = align ? bmm__malloc_aligned(want, align) : bmm__malloc_fast(want);
   if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
   if (mode == BMM_RESIZE_REALLOC) {
@@ -188,8 +182,16 @@ BMM_API void *bmm_realloc(void *p, size_t size) {
     bmm__free_fast(p, "realloc");
     return NULL;
   }
-  void *q = bmm__realloc_in_place(p, size);
+  size_t usable;
+  void *q = bmm__realloc_in_place(p, size, &usable);
   if (bmm_likely(q != NULL)) return q;
+  if (usable != 0) { /* a live plain small or medium block moves */
+    q = bmm__malloc_fast(bmm__realloc_want(size, usable));
+    if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
+    memcpy(q, p, size < usable ? size : usable);
+    bmm__free_fast(p, "realloc");
+    return q;
+  }
   return resize_block(p, size, BMM_RESIZE_REALLOC, "realloc");
 }
 

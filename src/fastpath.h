@@ -101,12 +101,27 @@ bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
          bmm__page_block_index(page, p) < page->reserved;
 }
 
-/* realloc's common case, in a few instructions: p is a small or medium
- * block that holds `size` bytes already without wasting half of itself
- * (resize_block's rule for keeping a block), or a span whose page count
- * stays. Returns p then, NULL for everything else (other large blocks,
- * other pointers, misuse: the slow path sorts them out and reports). */
-bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
+/* What realloc allocates to move a block of `usable` bytes to `size`: a
+ * small block that outgrows itself is likely to grow again (a string
+ * appended to, a buffer filled): it gets a quarter more than it had, so
+ * that growth by small steps moves it once per 25% rather than once per
+ * size class (12.5% apart), and its copying stays linear in its size. */
+bmm_inline size_t bmm__realloc_want(size_t size, size_t usable) {
+  if (size > usable && usable <= BMM_MEDIUM_MAX && size < usable + usable / 4)
+    return usable + usable / 4;
+  return size;
+}
+
+/* realloc's common cases, in a few instructions. p stays when it is a
+ * small or medium block that holds `size` bytes already without wasting
+ * half of itself (resize_block's rule for keeping a block), or a span
+ * whose page count stays: returns p. A live plain small or medium block
+ * that must move: returns NULL with *move = its usable size (the caller
+ * moves it). Anything else (other large blocks, aligned blocks, other
+ * pointers, misuse, secure mode): NULL with *move = 0, for the slow path,
+ * which sorts them out and reports. */
+bmm_inline void *bmm__realloc_in_place(void *p, size_t size, size_t *move) {
+  *move = 0;
   if (bmm_unlikely(!bmm__is_ours(p))) return NULL;
   bmm_page_t *page = bmm__page_of_ours(p);
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
@@ -119,7 +134,9 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size) {
    * the slow path, which reports a realloc of a freed block. */
   if (!bmm__is_block_start(page, p) || bmm__is_marked_free(page, p) || bmm__secure) return NULL;
   size_t usable = page->block_size;
-  return size <= usable && size >= usable / 2 ? p : NULL;
+  if (size <= usable && size >= usable / 2) return p;
+  if (page->align_log == 0) *move = usable; /* an aligned one keeps its alignment: slow */
+  return NULL;
 }
 
 /* Pushes p on the local free list of its page, which the calling thread
