@@ -79,8 +79,8 @@ typedef struct block {
  * mode with a 1 ms purge delay: freed spans go through the guarded span
  * cache and expire all the time, so its lock meets fork's). */
 static int large_only;
-/* The children's work: less with large blocks, which the checks fill and
- * read byte by byte. */
+/* The children's work: less with large blocks, each of which takes
+ * longer to fill and check. */
 static int forks = FORKS, child_ops = CHILD_OPS;
 static size_t child_thread_blocks = CHILD_THREAD_BLOCKS;
 

@@ -358,7 +358,7 @@ static void large_cache_churn(void *arg) {
   CHECK(bmm_heap_check());
 }
 
-/* 9g. Memory held by the span cache serves a block that needs it: with
+/* 9f. Memory held by the span cache serves a block that needs it: with
  * the address space capped, the arena full and two neighbouring 8 MiB
  * blocks freed (each cached on its own), 12 MiB still comes. */
 static void large_room_in_cache(void *arg) {
@@ -385,7 +385,7 @@ static void large_room_in_cache(void *arg) {
   CHECK(p != NULL);
 }
 
-/* 9f. A freed large block is reported, not handed to realloc. */
+/* 9g. A freed large block is reported, not handed to realloc. */
 static void realloc_freed_large(void *arg) {
   (void)arg;
   void *p = bmm_malloc(300000);
