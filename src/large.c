@@ -524,7 +524,14 @@ void *bmm__pages_alloc(size_t count) {
     return NULL;
   }
   size_t bytes = count << BMM_SPAN_SHIFT;
-  if (bytes > BMM_LARGE_MAX) return bmm__large_alloc(bytes, BMM_SPAN_PAGE); /* fresh: zero */
+  if (bytes > BMM_LARGE_MAX) {
+    uint8_t *p = bmm__large_alloc(bytes, BMM_SPAN_PAGE);
+    /* A fresh mapping is zero; one the huge-block cache handed out again
+     * (capacity 1) drops its pages, which then read back as zero. */
+    if (p != NULL && bmm__page_of(p)->capacity != 0 && !bmm__os_reset(p, bytes))
+      memset(p, 0, bytes);
+    return p;
+  }
   bmm__arena_purge_due();
   uint8_t *p = span_alloc(count, true);
   if (p == NULL) {
