@@ -121,6 +121,23 @@ size_t bmm__block_info(void *p, const char *call, size_t *align, bmm_page_t **pa
   return usable;
 }
 
+/* The block p (`usable` bytes) in a new block with alignment `align` (0:
+ * plain) for `size` bytes, its contents copied unless reget; p is freed.
+ * NULL if no memory, p untouched then. */
+static void *move_block(void *p, size_t usable, size_t size, size_t align, bmm_resize_t mode,
+                        const char *call) {
+  size_t want = bmm__realloc_want(size, usable);
+  void *q = align ? bmm__malloc_aligned(want, align) : bmm__malloc_fast(want);
+  if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
+  if (mode == BMM_RESIZE_REALLOC) {
+    size_t keep = size < usable ? size : usable;
+    memcpy(q, p, keep);
+    if (keep > BMM_MEDIUM_MAX) bmm__large_count_copied(keep);
+  }
+  bmm__free_fast(p, call);
+  return q;
+}
+
 /* realloc, reget and expand: in place when the block allows it (large
  * blocks grow into their neighbours or remap), else a new block with the
  * same alignment, the contents copied unless reget. */
@@ -163,16 +180,7 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     errno = ENOMEM;
     return NULL;
   }
-  size_t want = bmm__realloc_want(size, usable);
-  void *q = align ? bmm__malloc_aligned(want, align) : bmm__malloc_fast(want);
-  if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
-  if (mode == BMM_RESIZE_REALLOC) {
-    size_t keep = size < usable ? size : usable;
-    memcpy(q, p, keep);
-    if (keep > BMM_MEDIUM_MAX) bmm__large_count_copied(keep);
-  }
-  bmm__free_fast(p, call);
-  return q;
+  return move_block(p, usable, size, align, mode, call);
 }
 
 BMM_API void *bmm_realloc(void *p, size_t size) {
@@ -185,13 +193,8 @@ BMM_API void *bmm_realloc(void *p, size_t size) {
   size_t usable;
   void *q = bmm__realloc_in_place(p, size, &usable);
   if (bmm_likely(q != NULL)) return q;
-  if (usable != 0) { /* a live plain small or medium block moves */
-    q = bmm__malloc_fast(bmm__realloc_want(size, usable));
-    if (bmm_unlikely(q == NULL)) return NULL; /* p stays valid */
-    memcpy(q, p, size < usable ? size : usable);
-    bmm__free_fast(p, "realloc");
-    return q;
-  }
+  if (usable != 0) /* a live plain small or medium block moves */
+    return move_block(p, usable, size, 0, BMM_RESIZE_REALLOC, "realloc");
   return resize_block(p, size, BMM_RESIZE_REALLOC, "realloc");
 }
 
