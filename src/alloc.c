@@ -11,8 +11,13 @@
  * class) or aligned (qi = BMM_CLASS_COUNT + the class): drain the delayed
  * frees, find a page of queue qi with a free block, pop it. */
 void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
-  /* leak_sample cut this queue's page list: this is the call to record. */
-  if (bmm_unlikely(heap->leak_page != NULL) && heap->leak_qi == qi) bmm__leak_resume(heap, true);
+  /* leak_sample cut this queue's page list and the cut is reached: this is
+   * the call to record. (Not merely any slow call: in secure mode every
+   * call is one, and recording the next call's block, whatever the draw,
+   * gave one of two alternating sites two thirds of the samples.) */
+  if (bmm_unlikely(heap->leak_page != NULL) && heap->leak_qi == qi &&
+      heap->leak_page->free == NULL)
+    bmm__leak_resume(heap, true);
   if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
     bmm__heap_process_delayed(heap);
   bmm_page_t *page = heap->queues[qi].first;
