@@ -163,9 +163,8 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     errno = EINVAL;
     return NULL;
   }
-  /* A span that keeps its page count needs nothing (a string appended to
-   * a few bytes at a time): no span lock, no tags. */
-  if (kind == BMM_PAGE_SPANS && size <= usable && size > usable - BMM_SPAN_PAGE) return p;
+  /* realloc's inline check keeps these already; reget and expand too. */
+  if (kind == BMM_PAGE_SPANS && bmm__span_keeps(size, usable)) return p;
   /* A first-class heap tracks its large blocks by their descriptor, which
    * growing in place may move: such a block is moved by copying. */
   if (page != NULL && usable > BMM_MEDIUM_MAX &&

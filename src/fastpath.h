@@ -112,6 +112,12 @@ bmm_inline size_t bmm__realloc_want(size_t size, size_t usable) {
   return size;
 }
 
+/* realloc keeps a span of `usable` bytes for `size` bytes where it is
+ * when its page count stays: nothing to do (no span lock, no tags). */
+bmm_inline bool bmm__span_keeps(size_t size, size_t usable) {
+  return size <= usable && size > usable - BMM_SPAN_PAGE;
+}
+
 /* realloc's common cases, in a few instructions. p stays when it is a
  * small or medium block that holds `size` bytes already without wasting
  * half of itself (resize_block's rule for keeping a block), or a span
@@ -127,7 +133,7 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size, size_t *move) {
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   if (kind == BMM_PAGE_SPANS) { /* a live span that keeps its page count */
     size_t usable = bmm__span_usable(p, page);
-    return usable != 0 && size <= usable && size > usable - BMM_SPAN_PAGE ? p : NULL;
+    return usable != 0 && bmm__span_keeps(size, usable) ? p : NULL;
   }
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
   /* A freed block (or secure mode, which marks them its own way) goes to
