@@ -8,9 +8,10 @@
 #include "fastpath.h"
 #include "fixed.h"
 
-/* Push a block onto another thread's page. If the page is in its heap's
- * full queue (state USE), hand the block to the heap instead so the owner
- * notices the page has room again; see BMM_DF_* in types.h. */
+/* Push a block onto another thread's page. If the page is full (state
+ * USE), hand the block to the page's heap instead so the owner notices the
+ * page has room again, or, for an orphaned page, place the page; see
+ * BMM_DF_* in types.h. */
 static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   bmm__track_free(block, page->block_size); /* before the owner can see it */
   if (!bmm__secure) bmm__mark_free(page, block); /* secure mode's check marked it */
@@ -35,6 +36,10 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
   /* We hold FREEING: the owner cannot abandon the page (it waits for us),
    * so page->heap stays valid until we leave that state. */
   bmm_theap_t *heap = atomic_load_explicit(&page->heap, memory_order_relaxed);
+  if (heap == NULL) { /* an orphan: ours to place */
+    bmm__heap_orphan_freed(page, block);
+    return;
+  }
   bmm_block_t *old = atomic_load_explicit(&heap->delayed_free, memory_order_relaxed);
   do {
     bmm__set_next_any(block, old);

@@ -1,6 +1,8 @@
 /* heap.c: per-thread heaps. A heap owns pages: one queue per size class of
- * pages that may have free blocks, a full queue kept off the search path,
- * and a direct table from small sizes to the page malloc tries first.
+ * pages that may have free blocks, and a direct table from small sizes to
+ * the page malloc tries first. Full pages leave the heap (orphans, placed
+ * by the next free into them; a first-class heap's view keeps them in a
+ * full queue instead).
  *
  * Concurrency: a heap is touched only by its owning thread, except
  * delayed_free, which remote threads push onto (see BMM_DF_* in types.h).
@@ -108,6 +110,8 @@ static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
 }
 
 static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
+static void heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
+static void heap_abandon_page(bmm_page_t *page);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
  * so that bit is free): the owner's free fast path compares tid with its
@@ -118,10 +122,80 @@ static void page_set_full(bmm_theap_t *heap, bmm_page_t *page, bool full) {
   atomic_store_explicit(&page->tid, bmm__page_tid(heap, page), memory_order_relaxed);
 }
 
-/* A page with no free block leaves the search path. From now on the first
- * remote free into it notifies this heap (delayed state USE). */
-static void heap_page_to_full(bmm_theap_t *heap, bmm_page_t *page) {
-  heap_queue_remove(heap, page);
+/* An orphan that has free blocks on one of its lists joins `heap`, at the
+ * back of its queue (see heap_page_unfull). The calling thread took it
+ * (delayed state NORMAL, no heap): nobody else touches its lists. */
+static void heap_page_take(bmm_theap_t *heap, bmm_page_t *page) {
+  atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
+  atomic_store_explicit(&page->tid, bmm__page_tid(heap, page), memory_order_relaxed);
+  bmm__page_collect(page);
+  heap_queue_push_back(heap, page);
+}
+
+/* Full pages of a thread's heap belong to no heap: a thread that stops
+ * allocating (say, main after building the data its workers free) would
+ * otherwise keep every page it filled, however empty other threads make
+ * them, since only its own slow path collects them. An orphan carries no
+ * tid, so every free into it takes the slow path, and the first one places
+ * it (bmm__heap_orphan_freed): the owner's back into its heap, as the full
+ * queue did; another thread's onto the abandoned list, where any thread
+ * short of pages of the class adopts it. First-class heaps' views keep a
+ * full queue: their pages must hold their owner's blocks only. */
+static void heap_page_orphan(bmm_theap_t *heap, bmm_page_t *page) {
+  page->orphan_of = heap;
+  atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
+  atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
+  /* release (acq_rel CAS): a free that sees USE sees the fields above and
+   * the page's lists as we leave them. */
+  bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
+  /* A remote free that landed after our last collect but before USE was
+   * set did not notify: take the page back, unless a free since then has
+   * (it then moved the state on from USE, and the page is its to place). */
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+  while ((tf & ~(uintptr_t)BMM_DF_MASK) != 0 && (tf & BMM_DF_MASK) == BMM_DF_USE) {
+    if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
+                                              (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
+                                              memory_order_acq_rel, memory_order_acquire)) {
+      heap_page_take(heap, page);
+      return;
+    }
+  }
+}
+
+/* `block` was freed into an orphaned page (free.c's free_remote) by the
+ * calling thread, which holds the page's FREEING state: nobody else
+ * touches the page's lists until it leaves that state. */
+void bmm__heap_orphan_freed(bmm_page_t *page, bmm_block_t *block) {
+  bmm__set_next(page, block, page->local_free);
+  page->local_free = block;
+  page->used--;
+  bmm_theap_t *heap = bmm__heap_tls;
+  bool home = page->orphan_of == heap && heap != &bmm__heap_empty;
+  uintptr_t to = home ? BMM_DF_NORMAL : BMM_DF_NEVER;
+  /* release: the lists written above, for the next owner. */
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf,
+                                                (tf & ~(uintptr_t)BMM_DF_MASK) | to,
+                                                memory_order_acq_rel, memory_order_relaxed)) {
+  }
+  if (home) {
+    heap_page_take(heap, page);
+    bmm__heap_page_unfull_or_retire(heap, page);
+  } else {
+    heap_abandon_page(page);
+  }
+}
+
+/* A page with no free block, in no queue, leaves the search path: a
+ * thread heap orphans it; a view puts it in its full queue, and from then
+ * on the first remote free into it notifies the view (delayed state USE).
+ * (leak_sample may hold a page's free blocks aside, on the heap: its pages
+ * stay in their heap.) */
+static void heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page) {
+  if (heap->owner == NULL && !bmm__leak) {
+    heap_page_orphan(heap, page);
+    return;
+  }
   queue_push_front(&heap->full, page);
   page_set_full(heap, page, true);
   bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
@@ -131,6 +205,11 @@ static void heap_page_to_full(bmm_theap_t *heap, bmm_page_t *page) {
     bmm__page_collect(page);
     if (page->free != NULL) heap_page_unfull(heap, page);
   }
+}
+
+static void heap_page_to_full(bmm_theap_t *heap, bmm_page_t *page) {
+  heap_queue_remove(heap, page);
+  heap_page_park_full(heap, page);
 }
 
 /* A page that got a block back goes to the back of its queue: malloc keeps
@@ -182,9 +261,7 @@ static void heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   if (page->free != NULL) {
     heap_queue_push_front(heap, page);
   } else {
-    queue_push_front(&heap->full, page);
-    page_set_full(heap, page, true);
-    bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
+    heap_page_park_full(heap, page);
   }
 }
 

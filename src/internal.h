@@ -321,6 +321,7 @@ bmm_theap_t *bmm__heap_all(void);
 void bmm__heap_thread_done(void *heap);
 bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t cls);
 void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page);
+void bmm__heap_orphan_freed(bmm_page_t *page, bmm_block_t *block);
 void bmm__heap_process_delayed(bmm_theap_t *heap);
 void bmm__heap_collect(bmm_theap_t *heap, bool force);
 void bmm__heap_deferred_free(bmm_theap_t *heap, bool force);

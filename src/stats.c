@@ -201,8 +201,9 @@ static void print_text(out_t *o) {
     out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
     out_str(o, "\n");
   }
-  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time; pages: held by\n"
-             "   all heaps now; peak memory: the most pages held at once, in bytes)\n");
+  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time; pages: in use\n"
+             "   now; peak memory: the most pages in use at once, in bytes; this thread: the pages\n"
+             "   its heap holds, full pages belonging to no heap)\n");
   out_str(o, "  large blocks: ");
   out_num(o, large_since(0, false), 0);
   out_str(o, " allocated (");

@@ -94,10 +94,16 @@ typedef enum bmm_page_kind_e {
  * are 16-aligned, so those bits are free). It lets a thread that frees into
  * another thread's *full* page tell the owner, without a lock:
  *   NORMAL  remote frees just push onto thread_free;
- *   USE     the page is in its heap's full queue: the next remote free
- *           pushes its block onto the heap's delayed_free list instead;
- *   FREEING a remote thread is doing that right now (the heap must not go
- *           away under it: abandonment waits for this state to clear);
+ *   USE     the page is full. In a first-class heap's view it sits in the
+ *           view's full queue, and the next remote free pushes its block
+ *           onto the view's delayed_free list instead. A thread heap's
+ *           full page belongs to no heap (it is orphaned, page->heap NULL:
+ *           see heap_page_orphan in heap.c), and the next free, by any
+ *           thread, places it: back into the heap that gave it up when the
+ *           freeing thread owns that heap, else on the abandoned list;
+ *   FREEING a thread is doing that right now (the heap must not go away
+ *           under it: abandonment waits for this state to clear; and an
+ *           orphan's lists are the freeing thread's alone meanwhile);
  *   NEVER   the page is abandoned (no heap): always push onto thread_free. */
 enum {
   BMM_DF_NORMAL = 0,
@@ -158,7 +164,12 @@ struct bmm_page_s {
   _Atomic(bmm_theap_t *) heap; /* [atomic] owning heap, NULL when abandoned */
   bmm_page_t *next;           /* [owner] heap queue links */
   bmm_page_t *prev;
-  bmm_page_t *abandoned_next; /* link in the global abandoned list */
+  union {
+    bmm_page_t *abandoned_next; /* link in the global abandoned list */
+    /* An orphaned full page: the heap that gave it up. Only compared, never
+     * followed (that heap may belong to another thread by now). */
+    const bmm_theap_t *orphan_of;
+  };
   uint64_t key;               /* [init] secure mode: encodes links, canaries */
 };
 

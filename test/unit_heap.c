@@ -6,20 +6,24 @@
  *   - the direct table: for every size 0..1024 the entry (size + 15) / 16
  *     points to the first page of the queue of the size's class, and that
  *     is the page the allocation came from;
- *   - 48-byte blocks filling several pages: every exhausted page sits in
- *     heap->full (in_full set, delayed state USE, in no class queue); a free
- *     by the owner into a full page moves it back to its queue (in_full
- *     clear, state NORMAL);
- *   - a free from another thread into a full page reaches the owner through
- *     heap->delayed_free (the next such free goes to the page's thread_free
- *     list); bmm_collect(false), or the owner's next malloc slow path, takes
- *     the page out of the full queue;
+ *   - 48-byte blocks filling several pages: every exhausted page is
+ *     orphaned (no heap, tid 0, delayed state USE, in no queue); a free by
+ *     the owner into it moves it back to the back of its queue (state
+ *     NORMAL);
+ *   - a free from another thread into an orphan puts it on the abandoned
+ *     list (state NEVER; the next such free goes to the page's thread_free
+ *     list); bmm_collect(true), or the owner's malloc slow path once its
+ *     queue runs dry, adopts it;
  *   - freeing everything retires all pages but the first of the queue, and
  *     bmm_collect(true) returns that one too (kind BMM_PAGE_FREE);
  *   - thread exit abandons pages that still hold blocks (tid 0, heap NULL,
  *     delayed state NEVER), frees into them still work, and a new thread
  *     allocating the same class adopts them (tid and heap become its own);
  *     once all their blocks are freed, bmm_collect(true) returns them;
+ *   - a thread that fills pages and idles does not keep them: once another
+ *     thread frees their blocks, its allocations reuse them; the owner and
+ *     another thread freeing into the same orphans at once leave every page
+ *     placed once and, all blocks freed, back in the arena;
  *   - aligned requests: alignments 32 B..64 KiB come from a heap page whose
  *     class is a multiple of the alignment; larger ones from aligned unit
  *     runs or huge regions, for size 0 too;
@@ -138,14 +142,22 @@ static void *remote_free_thread(void *arg) {
   return NULL;
 }
 
-/* The n-th page (from the front) of the full queue that has class cls. */
-static bmm_page_t *full_page(bmm_theap_t *heap, size_t cls, size_t nth) {
-  for (bmm_page_t *p = heap->full.first; p != NULL; p = p->next)
-    if (p->class_idx == cls && nth-- == 0) return p;
+/* The n-th orphaned full page of class cls among the pages of b48's live
+ * blocks: in no queue of `heap`, owned by no heap, that heap recorded. */
+static bmm_page_t *orphan_page(bmm_theap_t *heap, size_t nth) {
+  for (size_t i = 0; i < n48; i++) {
+    bmm_page_t *p = bmm__page_of(b48[i]);
+    bool seen = false;
+    for (size_t k = 0; k < i; k++)
+      seen |= bmm__page_of(b48[k]) == p;
+    if (!seen && atomic_load(&p->heap) == NULL && df_state(p) == BMM_DF_USE &&
+        p->orphan_of == heap && nth-- == 0)
+      return p;
+  }
   return NULL;
 }
 
-static void check_full_and_delayed(void) {
+static void check_full_and_orphans(void) {
   bmm_theap_t *heap = bmm__heap_tls;
   size_t cls = bmm__class_of(48);
   size_t per_page = BMM_UNIT_SIZE / 48;
@@ -155,87 +167,91 @@ static void check_full_and_delayed(void) {
     if (!CHECK(b48[i] != NULL)) return;
   }
   HEAP_OK();
-  size_t nfull = count_class(&heap->full, cls);
-  CHECK(nfull >= 3);
-  size_t bad_full = 0;
-  for (bmm_page_t *p = heap->full.first; p != NULL; p = p->next) {
-    if (!p->in_full || p->free != NULL || p->used != p->reserved || p->capacity != p->reserved ||
-        df_state(p) != BMM_DF_USE || in_queue(&heap->queues[p->class_idx], p))
-      bad_full++;
+  /* Thread heaps keep no full queue: every exhausted page is an orphan
+   * (no heap, no tid, state USE), in none of the heap's queues. */
+  CHECK_EQ_SZ(count_class(&heap->full, cls), 0);
+  size_t norphans = 0, bad_orphan = 0;
+  for (bmm_page_t *p; (p = orphan_page(heap, norphans)) != NULL; norphans++) {
+    if (p->in_full || p->free != NULL || p->used != p->reserved || p->capacity != p->reserved ||
+        atomic_load(&p->tid) != 0 || in_queue(&heap->queues[p->class_idx], p))
+      bad_orphan++;
   }
-  CHECK_EQ_SZ(bad_full, 0);
+  CHECK(norphans >= 3);
+  CHECK_EQ_SZ(bad_orphan, 0);
   bmm_page_t *current = heap->queues[cls].first;
   CHECK(current != NULL && !current->in_full && current->free != NULL);
   CHECK(heap->direct[3] == current);
 
-  /* The owner frees into a full page: it goes to the back of its queue
-   * (malloc stays on the current page), out of the full queue, and remote
-   * frees need no notice. */
-  bmm_page_t *p1 = full_page(heap, cls, 0);
+  /* The owner frees into an orphan: the page comes back to the back of its
+   * queue (malloc stays on the current page), its own again. */
+  bmm_page_t *p1 = orphan_page(heap, 0);
   size_t i1 = block_of(p1);
   if (CHECK(p1 != NULL && i1 != SIZE_MAX)) {
     bmm_free(b48[i1]);
     b48_freed[i1] = true;
-    CHECK(!p1->in_full);
+    CHECK(atomic_load(&p1->heap) == heap);
+    CHECK_EQ_SZ(atomic_load(&p1->tid), bmm__os_thread_id());
     CHECK(heap->queues[cls].last == p1 && in_queue(&heap->queues[cls], p1));
     CHECK(heap->queues[cls].first == current);
-    CHECK(!in_queue(&heap->full, p1));
     CHECK_EQ_SZ(df_state(p1), BMM_DF_NORMAL);
     CHECK_EQ_SZ(p1->used, p1->reserved - 1);
     CHECK(heap->direct[3] == current);
     HEAP_OK();
   }
 
-  /* Another thread frees into a full page: the block goes to the heap's
-   * delayed list (state USE -> FREEING -> NORMAL); a second remote free
-   * finds NORMAL and goes to the page's thread_free list. */
-  bmm_page_t *p2 = full_page(heap, cls, 0);
+  /* Another thread frees into an orphan: the page goes to the abandoned
+   * list (state USE -> FREEING -> NEVER, no heap), its block on the page's
+   * own list; a second remote free goes to its thread_free list. The
+   * owner's bmm_collect(true) adopts it back. */
+  bmm_page_t *p2 = orphan_page(heap, 0);
   size_t i2 = block_of(p2);
   if (CHECK(p2 != NULL && i2 != SIZE_MAX)) {
-    CHECK(atomic_load(&heap->delayed_free) == NULL);
     in_thread(remote_free_thread, b48[i2]);
     b48_freed[i2] = true;
-    CHECK(atomic_load(&heap->delayed_free) != NULL || df_list(p2) != 0);
-    CHECK(atomic_load(&heap->delayed_free) == b48[i2]);
-    CHECK_EQ_SZ(df_state(p2), BMM_DF_NORMAL);
-    CHECK(p2->in_full);                  /* the owner has not looked yet */
-    CHECK_EQ_SZ(p2->used, p2->reserved); /* the block is still counted */
+    CHECK(atomic_load(&heap->delayed_free) == NULL);
+    CHECK_EQ_SZ(df_state(p2), BMM_DF_NEVER);
+    CHECK(atomic_load(&p2->heap) == NULL && atomic_load(&p2->tid) == 0);
+    CHECK_EQ_SZ(p2->used, p2->reserved - 1);
+    CHECK(!in_queue(&heap->queues[cls], p2));
     HEAP_OK();
     size_t j2 = block_of(p2);
     if (CHECK(j2 != SIZE_MAX)) {
       in_thread(remote_free_thread, b48[j2]);
       b48_freed[j2] = true;
       CHECK(df_list(p2) == (uintptr_t)b48[j2]);
-      CHECK(atomic_load(&heap->delayed_free) == b48[i2]);
+      CHECK_EQ_SZ(df_state(p2), BMM_DF_NEVER);
     }
     HEAP_OK();
-    bmm_collect(false); /* processes delayed_free, then collects queues */
-    CHECK(atomic_load(&heap->delayed_free) == NULL);
-    CHECK(!p2->in_full);
+    bmm_collect(true); /* adopts abandoned pages */
+    CHECK(atomic_load(&p2->heap) == heap);
     CHECK(in_queue(&heap->queues[cls], p2));
-    CHECK(!in_queue(&heap->full, p2));
     CHECK_EQ_SZ(df_list(p2), 0);
+    CHECK_EQ_SZ(df_state(p2), BMM_DF_NORMAL);
     CHECK_EQ_SZ(p2->used, p2->reserved - 2);
     HEAP_OK();
   }
 
-  /* The same through the malloc slow path (a size above the direct table
-   * always takes it). */
-  bmm_page_t *p3 = full_page(heap, cls, 0);
+  /* The same through the malloc slow path: a page abandoned by a remote
+   * free is adopted once the class's queue runs dry. */
+  bmm_page_t *p3 = orphan_page(heap, 0);
   size_t i3 = block_of(p3);
   if (CHECK(p3 != NULL && i3 != SIZE_MAX)) {
     in_thread(remote_free_thread, b48[i3]);
     b48_freed[i3] = true;
-    CHECK(atomic_load(&heap->delayed_free) == b48[i3]);
-    CHECK(p3->in_full);
-    void *big = bmm_malloc(BMM_SMALL_MAX + 1);
-    CHECK(big != NULL);
-    CHECK(atomic_load(&heap->delayed_free) == NULL);
-    CHECK(!p3->in_full);
-    CHECK(in_queue(&heap->queues[cls], p3));
-    CHECK_EQ_SZ(p3->used, p3->reserved - 1);
+    CHECK_EQ_SZ(df_state(p3), BMM_DF_NEVER);
+    static void *more[MAX48];
+    size_t nmore = 0;
+    bool from_p3 = false;
+    while (!from_p3 && nmore < MAX48) {
+      more[nmore] = bmm_malloc(48);
+      if (!CHECK(more[nmore] != NULL)) break;
+      from_p3 = bmm__page_of(more[nmore++]) == p3;
+    }
+    CHECK(from_p3);
+    CHECK(atomic_load(&p3->heap) == heap);
     HEAP_OK();
-    bmm_free(big);
+    for (size_t k = 0; k < nmore; k++)
+      bmm_free(more[k]);
     HEAP_OK();
   }
 
@@ -377,6 +393,113 @@ static void check_abandon_adopt(void) {
   CHECK(bmm__heap_tls->queues[cls].first == NULL);
 }
 
+/* ---- Orphans: an idle owner, and racing frees ------------------------- */
+
+#define ORPHAN_SIZE 96 /* a class no other part of the test uses */
+#define ORPHAN_COUNT (3 * (BMM_UNIT_SIZE / ORPHAN_SIZE) + 7)
+static void *or_blocks[ORPHAN_COUNT];
+static pthread_barrier_t or_filled, or_done;
+
+/* Fills pages, then stays alive without allocating again until told. */
+static void *idle_owner_thread(void *arg) {
+  (void)arg;
+  for (size_t i = 0; i < ORPHAN_COUNT; i++)
+    CHECK((or_blocks[i] = bmm_malloc(ORPHAN_SIZE)) != NULL);
+  pthread_barrier_wait(&or_filled);
+  pthread_barrier_wait(&or_done);
+  return NULL;
+}
+
+static bool page_listed(bmm_page_t *const *pages, size_t n, const bmm_page_t *page) {
+  for (size_t k = 0; k < n; k++)
+    if (pages[k] == page) return true;
+  return false;
+}
+
+/* A thread that fills pages and then idles does not keep them: once other
+ * threads free their blocks, a thread allocating the class gets them (the
+ * idle heap's full pages are orphans, abandoned by the first remote free),
+ * instead of fresh pages. */
+static void check_idle_owner(void) {
+  pthread_t t;
+  pthread_barrier_init(&or_filled, NULL, 2);
+  pthread_barrier_init(&or_done, NULL, 2);
+  if (!CHECK(pthread_create(&t, NULL, idle_owner_thread, NULL) == 0)) return;
+  pthread_barrier_wait(&or_filled);
+  static bmm_page_t *pages[16];
+  size_t npages = 0;
+  for (size_t i = 0; i < ORPHAN_COUNT; i++) {
+    bmm_page_t *page = bmm__page_of(or_blocks[i]);
+    if (!page_listed(pages, npages, page) && CHECK(npages < 16)) pages[npages++] = page;
+  }
+  CHECK(npages >= 4);
+  for (size_t i = 0; i < ORPHAN_COUNT; i++)
+    bmm_free(or_blocks[i]);
+  HEAP_OK();
+  size_t from_idle = 0;
+  for (size_t i = 0; i < ORPHAN_COUNT; i++) {
+    or_blocks[i] = bmm_malloc(ORPHAN_SIZE);
+    if (CHECK(or_blocks[i] != NULL)) from_idle += page_listed(pages, npages, bmm__page_of(or_blocks[i]));
+  }
+  /* All but the idle heap's current page (never full, so never given up):
+   * at least the blocks of the three full pages came back. */
+  CHECK(from_idle >= 3 * (BMM_UNIT_SIZE / ORPHAN_SIZE));
+  HEAP_OK();
+  for (size_t i = 0; i < ORPHAN_COUNT; i++)
+    bmm_free(or_blocks[i]);
+  pthread_barrier_wait(&or_done);
+  pthread_join(t, NULL);
+  pthread_barrier_destroy(&or_filled);
+  pthread_barrier_destroy(&or_done);
+  bmm_collect(true);
+  HEAP_OK();
+}
+
+static pthread_barrier_t race_start;
+
+/* Frees the odd-numbered blocks while the owner frees the even ones. */
+static void *race_free_thread(void *arg) {
+  size_t n = (size_t)(uintptr_t)arg;
+  pthread_barrier_wait(&race_start);
+  for (size_t i = 1; i < n; i += 2)
+    bmm_free(or_blocks[i]);
+  return NULL;
+}
+
+/* The owner and another thread free into the same orphans at once: each
+ * orphan is placed once, by whichever free comes first (back home, or on
+ * the abandoned list), the other free goes to its lists, and in the end
+ * every page is empty and goes back to the arena. */
+static void check_orphan_race(void) {
+  pthread_barrier_init(&race_start, NULL, 2);
+  size_t bad_heap = 0, not_free = 0;
+  for (int round = 0; round < 40; round++) {
+    size_t n = ORPHAN_COUNT;
+    for (size_t i = 0; i < n; i++)
+      if (!CHECK((or_blocks[i] = bmm_malloc(ORPHAN_SIZE)) != NULL)) return;
+    static bmm_page_t *pages[16];
+    size_t npages = 0;
+    for (size_t i = 0; i < n; i++) {
+      bmm_page_t *page = bmm__page_of(or_blocks[i]);
+      if (!page_listed(pages, npages, page) && npages < 16) pages[npages++] = page;
+    }
+    pthread_t t;
+    if (!CHECK(pthread_create(&t, NULL, race_free_thread, (void *)(uintptr_t)n) == 0)) return;
+    pthread_barrier_wait(&race_start);
+    for (size_t i = 0; i < n; i += 2)
+      bmm_free(or_blocks[i]);
+    pthread_join(t, NULL);
+    if (!bmm_heap_check()) bad_heap++;
+    bmm_collect(true);
+    if (!bmm_heap_check()) bad_heap++;
+    for (size_t k = 0; k < npages; k++)
+      if (atomic_load(&pages[k]->kind) != BMM_PAGE_FREE) not_free++;
+  }
+  CHECK_EQ_SZ(bad_heap, 0);
+  CHECK_EQ_SZ(not_free, 0);
+  pthread_barrier_destroy(&race_start);
+}
+
 /* ---- Aligned requests ------------------------------------------------ */
 
 /* src/aligned.c serves alignments up to 64 KiB from a size class that is a
@@ -450,9 +573,13 @@ int main(void) {
 
   check_direct();
   HEAP_OK();
-  check_full_and_delayed();
+  check_full_and_orphans();
   HEAP_OK();
   check_abandon_adopt();
+  HEAP_OK();
+  check_idle_owner();
+  HEAP_OK();
+  check_orphan_race();
   HEAP_OK();
   check_aligned();
   return check_done();
