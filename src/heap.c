@@ -226,12 +226,20 @@ static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page) {
  * page goes back to the arena unless it is its class's first page, which is
  * kept so that an alloc/free cycle at a page boundary does not claim and
  * release a page every time. */
-void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page) {
+static bmm_noinline void heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page) {
   if (page->in_full) heap_page_unfull(heap, page);
   if (page->used == 0 && page_queue(heap, page)->first != page) {
     heap_queue_remove(heap, page);
     bmm__arena_page_free(page);
   }
+}
+
+void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page) {
+  /* The common call, a malloc/free pair emptying the class's first page,
+   * returns here without a stack frame. */
+  if (bmm_likely(!page->in_full) && (page->used != 0 || page_queue(heap, page)->first == page))
+    return;
+  heap_page_unfull_or_retire(heap, page);
 }
 
 /* Free the blocks remote threads handed to us because their pages were
