@@ -29,9 +29,12 @@ __thread bmm_theap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
     &bmm__heap_empty;
 
 /* Free blocks a page keeps in circulation while it can still carve more
- * (see bmm__heap_find_page): 8 bounds the extra memory touched to 8 blocks
- * per page and cuts malloc's slow-path calls on 1 KiB blocks by half. */
+ * (see bmm__heap_find_page): 8 cuts malloc's slow-path calls on 1 KiB
+ * blocks by half. At most 8 KiB of them, though: blocks of several KiB
+ * circulating through 8 slots send a program's writes to cold memory (a
+ * string grown by realloc to 64 KiB ran 10% slower, and its RSS doubled). */
 #define BMM_PAGE_MIN_SLACK 8
+#define BMM_PAGE_SLACK_BYTES 8192
 
 static _Atomic(bmm_theap_t *) heap_pool;                   /* recycled heaps */
 static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
@@ -375,8 +378,10 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
     /* Keep a few free blocks in circulation while the page has uncarved
      * room: with only the blocks freed since the last visit, a page of
      * large blocks would send malloc here every few calls. */
+    uint32_t slack = page->capacity - page->used;
     if (page->capacity < page->reserved &&
-        (page->free == NULL || page->capacity - page->used < BMM_PAGE_MIN_SLACK))
+        (page->free == NULL || (slack < BMM_PAGE_MIN_SLACK &&
+                                (size_t)slack * page->block_size < BMM_PAGE_SLACK_BYTES)))
       bmm__page_extend(page);
     if (page->free != NULL) {
       if (heap->queues[qi].first != page) {
