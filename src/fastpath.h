@@ -94,11 +94,11 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
   return -1;
 }
 
-/* True if p is the start of a block of small/medium `page`. */
+/* True if p is the start of a block of small/medium `page`, the page
+ * bmm__page_of(p) found: p lies in its units then, and the block index
+ * alone tells (as in the free fast path). */
 bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
-  return (uintptr_t)p >= (uintptr_t)bmm__page_start(page) &&
-         (uintptr_t)p - (uintptr_t)bmm__page_start(page) < (size_t)page->units * BMM_UNIT_SIZE &&
-         bmm__page_block_index(page, p) < page->reserved;
+  return bmm__page_block_index(page, p) < page->reserved;
 }
 
 /* What realloc allocates to move a block of `usable` bytes to `size`: a
