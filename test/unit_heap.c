@@ -24,6 +24,8 @@
  *     thread frees their blocks, its allocations reuse them; the owner and
  *     another thread freeing into the same orphans at once leave every page
  *     placed once and, all blocks freed, back in the arena;
+ *   - an alloc/free cycle carves at most 8 blocks or 8 KiB beyond the one
+ *     in use (1 KiB blocks: 9 in all; 8 and 16 KiB blocks: 1);
  *   - aligned requests: alignments 32 B..64 KiB come from a heap page whose
  *     class is a multiple of the alignment; larger ones from aligned unit
  *     runs or huge regions, for size 0 too;
@@ -439,7 +441,8 @@ static void check_idle_owner(void) {
   size_t from_idle = 0;
   for (size_t i = 0; i < ORPHAN_COUNT; i++) {
     or_blocks[i] = bmm_malloc(ORPHAN_SIZE);
-    if (CHECK(or_blocks[i] != NULL)) from_idle += page_listed(pages, npages, bmm__page_of(or_blocks[i]));
+    if (CHECK(or_blocks[i] != NULL))
+      from_idle += page_listed(pages, npages, bmm__page_of(or_blocks[i]));
   }
   /* All but the idle heap's current page (never full, so never given up):
    * at least the blocks of the three full pages came back. */
@@ -498,6 +501,34 @@ static void check_orphan_race(void) {
   CHECK_EQ_SZ(bad_heap, 0);
   CHECK_EQ_SZ(not_free, 0);
   pthread_barrier_destroy(&race_start);
+}
+
+/* ---- Free blocks kept in circulation --------------------------------- */
+
+/* A page carves more blocks while few of its carved ones are free, but
+ * keeps at most 8 blocks or 8 KiB of them: an alloc/free cycle of one
+ * 1 KiB block circulates through 8 or 9 blocks (fewer slow-path calls), of
+ * one 8 KiB block through 1 (the block just freed comes back, in cache). */
+static void check_slack(void) {
+  static const size_t sizes[] = {1024, 8192, 16384};
+  static const uint32_t most[] = {9, 1, 1};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    void *first = bmm_malloc(sizes[k]);
+    if (!CHECK(first != NULL)) return;
+    bmm_page_t *page = bmm__page_of(first);
+    bmm_free(first);
+    size_t other_page = 0;
+    for (int i = 0; i < 1000; i++) {
+      void *p = bmm_malloc(sizes[k]);
+      if (!CHECK(p != NULL)) return;
+      if (bmm__page_of(p) != page) other_page++;
+      bmm_free(p);
+    }
+    CHECK_EQ_SZ(other_page, 0);
+    if (!CHECK(page->capacity <= most[k]))
+      fprintf(stderr, "  %zu-byte blocks: %u carved\n", sizes[k], page->capacity);
+  }
+  HEAP_OK();
 }
 
 /* ---- Aligned requests ------------------------------------------------ */
@@ -580,6 +611,8 @@ int main(void) {
   check_idle_owner();
   HEAP_OK();
   check_orphan_race();
+  HEAP_OK();
+  check_slack();
   HEAP_OK();
   check_aligned();
   return check_done();
