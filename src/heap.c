@@ -113,7 +113,7 @@ static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
 }
 
 static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
-static void heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
+static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
@@ -143,8 +143,11 @@ static void heap_page_take(bmm_theap_t *heap, bmm_page_t *page) {
  * it (bmm__heap_orphan_freed): the owner's back into its heap, as the full
  * queue did; another thread's onto the abandoned list, where any thread
  * short of pages of the class adopts it. First-class heaps' views keep a
- * full queue: their pages must hold their owner's blocks only. */
-static void heap_page_orphan(bmm_theap_t *heap, bmm_page_t *page) {
+ * full queue: their pages must hold their owner's blocks only. Returns
+ * whether the page is in `heap` after all (a free raced in); when not, the
+ * caller must not touch it again: the next free may place it at once, and
+ * another thread may even return it to the arena. */
+static bool heap_page_orphan(bmm_theap_t *heap, bmm_page_t *page) {
   page->orphan_of = heap;
   atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
   atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
@@ -160,9 +163,10 @@ static void heap_page_orphan(bmm_theap_t *heap, bmm_page_t *page) {
                                               (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
                                               memory_order_acq_rel, memory_order_acquire)) {
       heap_page_take(heap, page);
-      return;
+      return true;
     }
   }
+  return false;
 }
 
 /* `block` was freed into an orphaned page (free.c's free_remote) by the
@@ -193,12 +197,10 @@ void bmm__heap_orphan_freed(bmm_page_t *page, bmm_block_t *block) {
  * thread heap orphans it; a view puts it in its full queue, and from then
  * on the first remote free into it notifies the view (delayed state USE).
  * (leak_sample may hold a page's free blocks aside, on the heap: its pages
- * stay in their heap.) */
-static void heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page) {
-  if (heap->owner == NULL && !bmm__leak) {
-    heap_page_orphan(heap, page);
-    return;
-  }
+ * stay in their heap.) Returns whether the page is still the heap's, as
+ * heap_page_orphan says. */
+static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page) {
+  if (heap->owner == NULL && !bmm__leak) return heap_page_orphan(heap, page);
   queue_push_front(&heap->full, page);
   page_set_full(heap, page, true);
   bmm__page_set_delayed(page, BMM_DF_USE, 1u << BMM_DF_NORMAL);
@@ -208,6 +210,7 @@ static void heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page) {
     bmm__page_collect(page);
     if (page->free != NULL) heap_page_unfull(heap, page);
   }
+  return true;
 }
 
 static void heap_page_to_full(bmm_theap_t *heap, bmm_page_t *page) {
@@ -263,17 +266,17 @@ void bmm__heap_process_delayed(bmm_theap_t *heap) {
 
 /* ---- Getting a page with free blocks --------------------------------- */
 
-static void heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
+/* Take an abandoned page into `heap`. Returns false when it was full and
+ * left again at once (orphaned): it is not ours to touch any more. */
+static bool heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   atomic_store_explicit(&page->heap, heap, memory_order_relaxed);
   atomic_store_explicit(&page->tid, bmm__page_tid(heap, page), memory_order_relaxed);
   bmm__page_set_delayed(page, BMM_DF_NORMAL, 1u << BMM_DF_NEVER);
   bmm__page_collect(page);
   if (page->free == NULL && page->capacity < page->reserved) bmm__page_extend(page);
-  if (page->free != NULL) {
-    heap_queue_push_front(heap, page);
-  } else {
-    heap_page_park_full(heap, page);
-  }
+  if (page->free == NULL) return heap_page_park_full(heap, page);
+  heap_queue_push_front(heap, page);
+  return true;
 }
 
 /* Take over every abandoned page of the class of queue `qi` (plain and
@@ -293,7 +296,10 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
   while (page != NULL) {
     bmm_page_t *next = page->abandoned_next;
     page->abandoned_next = NULL;
-    heap_adopt_page(heap, page);
+    if (!heap_adopt_page(heap, page)) { /* orphaned: another free may own it by now */
+      page = next;
+      continue;
+    }
     bool mine = page_queue_index(page) == qi;
     if (page->used == 0 && (found != NULL || !mine)) {
       heap_queue_remove(heap, page);
@@ -599,6 +605,9 @@ void bmm__heap_collect(bmm_theap_t *heap, bool force) {
   }
 }
 
+/* The invariants of a heap's queues and direct tables. Orphaned and
+ * abandoned pages belong to no heap and are not seen here (bmm_heap_check's
+ * arena walk still checks where every page descriptor says its page is). */
 bool bmm__heap_check(bmm_theap_t *heap) {
   if (heap == &bmm__heap_empty) return true;
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {

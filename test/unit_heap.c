@@ -23,7 +23,9 @@
  *   - a thread that fills pages and idles does not keep them: once another
  *     thread frees their blocks, its allocations reuse them; the owner and
  *     another thread freeing into the same orphans at once leave every page
- *     placed once and, all blocks freed, back in the arena;
+ *     placed once and, all blocks freed, back in the arena; a thread that
+ *     adopts an exactly full abandoned page orphans it and leaves it to
+ *     the next free (another thread's, here);
  *   - an alloc/free cycle carves at most 8 blocks or 8 KiB beyond the one
  *     in use (1 KiB blocks: 9 in all; 8 and 16 KiB blocks: 1);
  *   - aligned requests: alignments 32 B..64 KiB come from a heap page whose
@@ -35,6 +37,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 #include "../src/internal.h" /* src/ is not on the test targets' include path */
@@ -401,12 +404,14 @@ static void check_abandon_adopt(void) {
 #define ORPHAN_COUNT (3 * (BMM_UNIT_SIZE / ORPHAN_SIZE) + 7)
 static void *or_blocks[ORPHAN_COUNT];
 static pthread_barrier_t or_filled, or_done;
+static bmm_theap_t *idle_heap;
 
 /* Fills pages, then stays alive without allocating again until told. */
 static void *idle_owner_thread(void *arg) {
   (void)arg;
   for (size_t i = 0; i < ORPHAN_COUNT; i++)
     CHECK((or_blocks[i] = bmm_malloc(ORPHAN_SIZE)) != NULL);
+  idle_heap = bmm__heap_tls;
   pthread_barrier_wait(&or_filled);
   pthread_barrier_wait(&or_done);
   return NULL;
@@ -438,6 +443,17 @@ static void check_idle_owner(void) {
   for (size_t i = 0; i < ORPHAN_COUNT; i++)
     bmm_free(or_blocks[i]);
   HEAP_OK();
+  /* The idle heap holds only its current page now (never full): the full
+   * ones wait on the abandoned list, no heap's, their blocks all free. */
+  size_t idle_holds = 0, abandoned_free = 0;
+  for (size_t k = 0; k < npages; k++) {
+    if (atomic_load(&pages[k]->heap) == idle_heap) idle_holds++;
+    else if (atomic_load(&pages[k]->heap) == NULL && df_state(pages[k]) == BMM_DF_NEVER &&
+             pages[k]->used - bmm__tf_count(atomic_load(&pages[k]->thread_free)) == 0)
+      abandoned_free++;
+  }
+  CHECK_EQ_SZ(idle_holds, 1);
+  CHECK_EQ_SZ(abandoned_free, npages - 1);
   size_t from_idle = 0;
   for (size_t i = 0; i < ORPHAN_COUNT; i++) {
     or_blocks[i] = bmm_malloc(ORPHAN_SIZE);
@@ -455,6 +471,78 @@ static void check_idle_owner(void) {
   pthread_barrier_destroy(&or_filled);
   pthread_barrier_destroy(&or_done);
   bmm_collect(true);
+  HEAP_OK();
+}
+
+/* An abandoned page that is exactly full: the thread adopting it orphans
+ * it at once, and a free from a third thread may place it meanwhile. The
+ * adopter must leave it alone from then on (it did not: it went on to
+ * read the page, and could queue it in its heap while another heap had
+ * it; the TSan build reports that read). */
+#define FULL_ADOPT_SIZE 112 /* a class no other part of the test uses */
+static void *fa_blocks[BMM_UNIT_SIZE / FULL_ADOPT_SIZE];
+static size_t fa_count;
+static bmm_page_t *fa_page;
+static pthread_barrier_t fa_placed;
+/* Relaxed on purpose: no happens-before between the adopter's malloc and
+ * the other thread's free but what the allocator itself makes, so that the
+ * TSan build sees any access of the adopter to the page after it let go. */
+static _Atomic int fa_adopted;
+
+static void *fill_one_page_thread(void *arg) {
+  (void)arg;
+  fa_blocks[0] = bmm_malloc(FULL_ADOPT_SIZE);
+  if (!CHECK(fa_blocks[0] != NULL)) return NULL;
+  fa_page = bmm__page_of(fa_blocks[0]);
+  for (fa_count = 1; fa_count < fa_page->reserved; fa_count++) {
+    fa_blocks[fa_count] = bmm_malloc(FULL_ADOPT_SIZE);
+    if (!CHECK(fa_blocks[fa_count] != NULL && bmm__page_of(fa_blocks[fa_count]) == fa_page))
+      return NULL;
+  }
+  CHECK(fa_page->free == NULL && fa_page->used == fa_page->reserved);
+  return NULL; /* exit: the page is abandoned with every block out */
+}
+
+static void *adopt_full_thread(void *arg) {
+  (void)arg;
+  void *p = bmm_malloc(FULL_ADOPT_SIZE); /* adopts the full page, orphans it */
+  CHECK(p != NULL && bmm__page_of(p) != fa_page);
+  atomic_store_explicit(&fa_adopted, 1, memory_order_relaxed);
+  pthread_barrier_wait(&fa_placed); /* the other thread's free placed the page */
+  HEAP_OK();
+  bmm_free(p);
+  HEAP_OK();
+  return NULL;
+}
+
+static void *free_into_full_thread(void *arg) {
+  (void)arg;
+  while (atomic_load_explicit(&fa_adopted, memory_order_relaxed) == 0)
+    sched_yield();
+  bmm_free(fa_blocks[0]); /* first free into the orphan: places it */
+  pthread_barrier_wait(&fa_placed);
+  return NULL;
+}
+
+static void check_adopt_full(void) {
+  in_thread(fill_one_page_thread, NULL);
+  if (!CHECK(fa_page != NULL && fa_count == fa_page->reserved)) return;
+  pthread_barrier_init(&fa_placed, NULL, 2);
+  pthread_t a, r;
+  if (!CHECK(pthread_create(&r, NULL, free_into_full_thread, NULL) == 0)) return;
+  if (!CHECK(pthread_create(&a, NULL, adopt_full_thread, NULL) == 0)) return;
+  pthread_join(a, NULL);
+  pthread_join(r, NULL);
+  pthread_barrier_destroy(&fa_placed);
+  /* The freeing thread has no heap: the page went back to the abandoned
+   * list, one block free. */
+  CHECK(atomic_load(&fa_page->heap) == NULL);
+  CHECK_EQ_SZ(df_state(fa_page), BMM_DF_NEVER);
+  CHECK_EQ_SZ(fa_page->used, fa_page->reserved - 1);
+  for (size_t i = 1; i < fa_count; i++)
+    bmm_free(fa_blocks[i]);
+  bmm_collect(true); /* adopts it, empty: back to the arena */
+  CHECK_EQ_LONG(atomic_load(&fa_page->kind), BMM_PAGE_FREE);
   HEAP_OK();
 }
 
@@ -611,6 +699,8 @@ int main(void) {
   check_idle_owner();
   HEAP_OK();
   check_orphan_race();
+  HEAP_OK();
+  check_adopt_full();
   HEAP_OK();
   check_slack();
   HEAP_OK();
