@@ -31,7 +31,10 @@ static void free_remote(bmm_page_t *page, bmm_block_t *block) {
      * stored before it set USE. */
   } while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, next,
                                                   memory_order_acq_rel, memory_order_relaxed));
-  if (bmm_likely(!notify)) return;
+  if (bmm_likely(!notify)) {
+    if ((next & BMM_DF_MASK) == BMM_DF_NEVER) bmm__heap_want_sweep(); /* it may be empty now */
+    return;
+  }
 
   /* We hold FREEING: the owner cannot abandon the page (it waits for us),
    * so page->heap stays valid until we leave that state. */

@@ -38,6 +38,10 @@ __thread bmm_theap_t *bmm__heap_tls __attribute__((tls_model("initial-exec"))) =
 
 static _Atomic(bmm_theap_t *) heap_pool;                   /* recycled heaps */
 static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
+/* An abandoned list may hold a page whose blocks are all free (see
+ * heap_sweep_abandoned); the last sweep's time. */
+_Atomic(bool) bmm__heap_sweep_wanted;
+static _Atomic(int64_t) sweep_last;
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* Every queue a heap's pages can be in, for walks over all of them: the
@@ -115,6 +119,7 @@ static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
 static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
+static void heap_sweep_abandoned(void);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
  * so that bit is free): the owner's free fast path compares tid with its
@@ -403,6 +408,7 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
    * program that only allocates small blocks after freeing big ones still
    * gives the memory back (one atomic load while nothing is pending). */
   bmm__arena_purge_due();
+  heap_sweep_abandoned();
   page = heap_adopt_class(heap, qi);
   if (page != NULL) return page;
   return heap_page_fresh(heap, qi);
@@ -530,6 +536,61 @@ static void heap_abandon_page(bmm_page_t *page) {
     page->abandoned_next = old;
   } while (!atomic_compare_exchange_weak_explicit(&abandoned[cls], &old, page,
                                                   memory_order_release, memory_order_relaxed));
+  bmm__heap_want_sweep();
+}
+
+/* Abandoned pages wait for a thread short of pages of their class, which
+ * adopts them and returns the empty ones to the arena. When no thread
+ * allocates that class again (the blocks of an exited thread, or of an
+ * idle one's orphans, freed by others), they would hold their memory for
+ * good: here, at most once per purge_delay and only after a page was
+ * abandoned or freed into since the last time, every page whose blocks
+ * are all free (on its thread_free list: `used` counts them still) goes
+ * back to the arena, which purges it. A page is taken off its list by an
+ * exchange, as adoption does, so nobody else touches it meanwhile; with
+ * all its blocks free, no free can come into it. */
+static void heap_sweep_abandoned(void) {
+  enum { BUDGET = 4096 }; /* pages looked at per sweep: a descriptor miss each */
+  static _Atomic(size_t) cursor; /* class to start at: a long walk is resumed */
+  if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed)) return;
+  long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
+  if (delay < 0) return; /* memory is never returned */
+  int64_t now = bmm__os_now_ms();
+  int64_t last = atomic_load_explicit(&sweep_last, memory_order_relaxed);
+  if (now - last < delay || !atomic_compare_exchange_strong_explicit(
+                                &sweep_last, &last, now, memory_order_relaxed,
+                                memory_order_relaxed))
+    return;
+  atomic_store_explicit(&bmm__heap_sweep_wanted, false, memory_order_relaxed);
+  size_t seen = 0, c = atomic_load_explicit(&cursor, memory_order_relaxed);
+  for (size_t k = 0; k < BMM_CLASS_COUNT; k++, c = (c + 1) % BMM_CLASS_COUNT) {
+    if (seen >= BUDGET) { /* the rest next time */
+      bmm__heap_want_sweep();
+      break;
+    }
+    if (atomic_load_explicit(&abandoned[c], memory_order_relaxed) == NULL) continue;
+    /* acquire: the abandoning thread's writes to the pages (used). */
+    bmm_page_t *page = atomic_exchange_explicit(&abandoned[c], NULL, memory_order_acquire);
+    bmm_page_t *keep = NULL, *keep_last = NULL;
+    for (bmm_page_t *next; page != NULL; page = next, seen++) {
+      next = page->abandoned_next;
+      uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
+      if (page->used == bmm__tf_count(tf)) {
+        bmm__arena_page_free(page);
+        continue;
+      }
+      page->abandoned_next = keep;
+      keep = page;
+      if (keep_last == NULL) keep_last = page;
+    }
+    if (keep == NULL) continue;
+    bmm_page_t *old = atomic_load_explicit(&abandoned[c], memory_order_relaxed);
+    do {
+      keep_last->abandoned_next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&abandoned[c], &old, keep,
+                                                    memory_order_release, memory_order_relaxed));
+  }
+  atomic_store_explicit(&cursor, c, memory_order_relaxed);
 }
 
 static void heap_set_all_delayed(bmm_theap_t *heap, uintptr_t to, unsigned from_mask) {

@@ -322,6 +322,13 @@ void bmm__heap_thread_done(void *heap);
 bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t cls);
 void bmm__heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_t *page);
 void bmm__heap_orphan_freed(bmm_page_t *page, bmm_block_t *block);
+/* A page was abandoned, or a block freed into an abandoned page: the next
+ * sweep of abandoned pages has work (one relaxed load while it is known). */
+extern _Atomic(bool) bmm__heap_sweep_wanted;
+bmm_inline void bmm__heap_want_sweep(void) {
+  if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed))
+    atomic_store_explicit(&bmm__heap_sweep_wanted, true, memory_order_relaxed);
+}
 void bmm__heap_process_delayed(bmm_theap_t *heap);
 void bmm__heap_collect(bmm_theap_t *heap, bool force);
 void bmm__heap_deferred_free(bmm_theap_t *heap, bool force);

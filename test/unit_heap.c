@@ -26,6 +26,8 @@
  *     placed once and, all blocks freed, back in the arena; a thread that
  *     adopts an exactly full abandoned page orphans it and leaves it to
  *     the next free (another thread's, here);
+ *   - pages of an exited thread whose blocks others freed go back to the
+ *     arena, though no thread allocates their class again;
  *   - an alloc/free cycle carves at most 8 blocks or 8 KiB beyond the one
  *     in use (1 KiB blocks: 9 in all; 8 and 16 KiB blocks: 1);
  *   - aligned requests: alignments 32 B..64 KiB come from a heap page whose
@@ -591,6 +593,53 @@ static void check_orphan_race(void) {
   pthread_barrier_destroy(&race_start);
 }
 
+/* ---- Abandoned pages nobody adopts ------------------------------------ */
+
+/* A thread exits holding pages; other threads free every block in them and
+ * nobody allocates that class again. The sweep in the malloc slow path
+ * (at most once per purge_delay, 0 here) returns those pages to the arena
+ * all the same, instead of leaving them on the abandoned list for good. */
+#define SWEEP_SIZE 176 /* a class no other part of the test uses */
+#define SWEEP_COUNT (3 * (BMM_UNIT_SIZE / SWEEP_SIZE) + 5)
+static void *sw_blocks[SWEEP_COUNT];
+
+static void *sweep_filler_thread(void *arg) {
+  (void)arg;
+  for (size_t i = 0; i < SWEEP_COUNT; i++)
+    CHECK((sw_blocks[i] = bmm_malloc(SWEEP_SIZE)) != NULL);
+  return NULL; /* exit: its pages are abandoned, every block live */
+}
+
+static void check_sweep(void) {
+  size_t cls = bmm__class_of(SWEEP_SIZE);
+  in_thread(sweep_filler_thread, NULL);
+  static bmm_page_t *pages[16];
+  size_t npages = 0;
+  for (size_t i = 0; i < SWEEP_COUNT; i++) {
+    bmm_page_t *page = bmm__page_of(sw_blocks[i]);
+    if (!page_listed(pages, npages, page) && CHECK(npages < 16)) pages[npages++] = page;
+  }
+  CHECK(npages >= 4);
+  size_t no_heap = 0; /* the full ones orphaned, the last one abandoned */
+  for (size_t k = 0; k < npages; k++)
+    no_heap += atomic_load(&pages[k]->heap) == NULL;
+  CHECK_EQ_SZ(no_heap, npages);
+  CHECK(bmm_option_set("purge_delay", 0) == 0);
+  for (size_t i = 0; i < SWEEP_COUNT; i++)
+    bmm_free(sw_blocks[i]); /* each page abandoned, the blocks on its thread_free list */
+  /* A malloc slow path of another class (a medium one this thread has no
+   * page of) sweeps. */
+  void *p = bmm_malloc(3000);
+  CHECK(p != NULL);
+  size_t kept = 0;
+  for (size_t k = 0; k < npages; k++) /* freed (or reused since, as another class) */
+    kept += atomic_load(&pages[k]->kind) != BMM_PAGE_FREE && pages[k]->class_idx == cls;
+  CHECK_EQ_SZ(kept, 0);
+  bmm_free(p);
+  CHECK(bmm_option_set("purge_delay", 10) == 0);
+  HEAP_OK();
+}
+
 /* ---- Free blocks kept in circulation --------------------------------- */
 
 /* A page carves more blocks while few of its carved ones are free, but
@@ -701,6 +750,8 @@ int main(void) {
   check_orphan_race();
   HEAP_OK();
   check_adopt_full();
+  HEAP_OK();
+  check_sweep();
   HEAP_OK();
   check_slack();
   HEAP_OK();
