@@ -425,6 +425,17 @@ static bool page_listed(bmm_page_t *const *pages, size_t n, const bmm_page_t *pa
   return false;
 }
 
+#define MAX_LISTED 16
+/* The distinct pages of blocks[0..n) into pages[MAX_LISTED]; their count. */
+static size_t list_pages(void *const *blocks, size_t n, bmm_page_t **pages) {
+  size_t npages = 0;
+  for (size_t i = 0; i < n; i++) {
+    bmm_page_t *page = bmm__page_of(blocks[i]);
+    if (!page_listed(pages, npages, page) && CHECK(npages < MAX_LISTED)) pages[npages++] = page;
+  }
+  return npages;
+}
+
 /* A thread that fills pages and then idles does not keep them: once other
  * threads free their blocks, a thread allocating the class gets them (the
  * idle heap's full pages are orphans, abandoned by the first remote free),
@@ -435,12 +446,8 @@ static void check_idle_owner(void) {
   pthread_barrier_init(&or_done, NULL, 2);
   if (!CHECK(pthread_create(&t, NULL, idle_owner_thread, NULL) == 0)) return;
   pthread_barrier_wait(&or_filled);
-  static bmm_page_t *pages[16];
-  size_t npages = 0;
-  for (size_t i = 0; i < ORPHAN_COUNT; i++) {
-    bmm_page_t *page = bmm__page_of(or_blocks[i]);
-    if (!page_listed(pages, npages, page) && CHECK(npages < 16)) pages[npages++] = page;
-  }
+  static bmm_page_t *pages[MAX_LISTED];
+  size_t npages = list_pages(or_blocks, ORPHAN_COUNT, pages);
   CHECK(npages >= 4);
   for (size_t i = 0; i < ORPHAN_COUNT; i++)
     bmm_free(or_blocks[i]);
@@ -570,12 +577,8 @@ static void check_orphan_race(void) {
     size_t n = ORPHAN_COUNT;
     for (size_t i = 0; i < n; i++)
       if (!CHECK((or_blocks[i] = bmm_malloc(ORPHAN_SIZE)) != NULL)) return;
-    static bmm_page_t *pages[16];
-    size_t npages = 0;
-    for (size_t i = 0; i < n; i++) {
-      bmm_page_t *page = bmm__page_of(or_blocks[i]);
-      if (!page_listed(pages, npages, page) && npages < 16) pages[npages++] = page;
-    }
+    static bmm_page_t *pages[MAX_LISTED];
+    size_t npages = list_pages(or_blocks, n, pages);
     pthread_t t;
     if (!CHECK(pthread_create(&t, NULL, race_free_thread, (void *)(uintptr_t)n) == 0)) return;
     pthread_barrier_wait(&race_start);
@@ -613,12 +616,8 @@ static void *sweep_filler_thread(void *arg) {
 static void check_sweep(void) {
   size_t cls = bmm__class_of(SWEEP_SIZE);
   in_thread(sweep_filler_thread, NULL);
-  static bmm_page_t *pages[16];
-  size_t npages = 0;
-  for (size_t i = 0; i < SWEEP_COUNT; i++) {
-    bmm_page_t *page = bmm__page_of(sw_blocks[i]);
-    if (!page_listed(pages, npages, page) && CHECK(npages < 16)) pages[npages++] = page;
-  }
+  static bmm_page_t *pages[MAX_LISTED];
+  size_t npages = list_pages(sw_blocks, SWEEP_COUNT, pages);
   CHECK(npages >= 4);
   size_t no_heap = 0; /* the full ones orphaned, the last one abandoned */
   for (size_t k = 0; k < npages; k++)
