@@ -119,7 +119,7 @@ static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
 static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
-static void heap_sweep_abandoned(void);
+static void heap_sweep_abandoned(size_t skip);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
  * so that bit is free): the owner's free fast path compares tid with its
@@ -408,7 +408,7 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
    * program that only allocates small blocks after freeing big ones still
    * gives the memory back (one atomic load while nothing is pending). */
   bmm__arena_purge_due();
-  heap_sweep_abandoned();
+  heap_sweep_abandoned(qi % BMM_CLASS_COUNT);
   page = heap_adopt_class(heap, qi);
   if (page != NULL) return page;
   return heap_page_fresh(heap, qi);
@@ -525,17 +525,22 @@ bool bmm__heap_view_visit(bmm_theap_t *view, bmm_visit_fn *fn, void *arg) {
   return true;
 }
 
+/* Push the chain first..last (linked by abandoned_next) on class c's
+ * abandoned list. release: the pages' state, for whoever takes the list. */
+static void abandoned_push(size_t c, bmm_page_t *first, bmm_page_t *last) {
+  bmm_page_t *old = atomic_load_explicit(&abandoned[c], memory_order_relaxed);
+  do {
+    last->abandoned_next = old;
+  } while (!atomic_compare_exchange_weak_explicit(&abandoned[c], &old, first,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
 static void heap_abandon_page(bmm_page_t *page) {
-  size_t cls = page->class_idx;
   page->in_full = 0;
   page->next = page->prev = NULL;
   atomic_store_explicit(&page->heap, NULL, memory_order_relaxed);
   atomic_store_explicit(&page->tid, 0, memory_order_relaxed);
-  bmm_page_t *old = atomic_load_explicit(&abandoned[cls], memory_order_relaxed);
-  do {
-    page->abandoned_next = old;
-  } while (!atomic_compare_exchange_weak_explicit(&abandoned[cls], &old, page,
-                                                  memory_order_release, memory_order_relaxed));
+  abandoned_push(page->class_idx, page, page);
   bmm__heap_want_sweep();
 }
 
@@ -543,36 +548,35 @@ static void heap_abandon_page(bmm_page_t *page) {
  * adopts them and returns the empty ones to the arena. When no thread
  * allocates that class again (the blocks of an exited thread, or of an
  * idle one's orphans, freed by others), they would hold their memory for
- * good: here, at most once per purge_delay and only after a page was
- * abandoned or freed into since the last time, every page whose blocks
- * are all free (on its thread_free list: `used` counts them still) goes
- * back to the arena, which purges it. A page is taken off its list by an
- * exchange, as adoption does, so nobody else touches it meanwhile; with
- * all its blocks free, no free can come into it. */
-static void heap_sweep_abandoned(void) {
-  enum { BUDGET = 4096 }; /* pages looked at per sweep: a descriptor miss each */
+ * good: here, at most once per purge_delay (1 ms at least) and only after
+ * a page was abandoned or freed into since the last time, every page whose
+ * blocks are all free (on its thread_free list: `used` counts them still)
+ * goes back to the arena, which purges it. A list is taken by an exchange,
+ * as adoption does, so nobody else touches its pages meanwhile; with all
+ * its blocks free, no free can come into a page. Class `skip` is left to
+ * the caller, who is about to adopt its pages and reuse an empty one. (On
+ * a weakly ordered CPU a page abandoned as the flag is cleared may wait
+ * for the next sweep: that costs memory for a while, nothing else.) */
+static void heap_sweep_abandoned(size_t skip) {
+  enum { BUDGET = 1024 }; /* pages per sweep: a few descriptor misses each */
   static _Atomic(size_t) cursor; /* class to start at: a long walk is resumed */
   if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed)) return;
   long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
   if (delay < 0) return; /* memory is never returned */
   int64_t now = bmm__os_now_ms();
   int64_t last = atomic_load_explicit(&sweep_last, memory_order_relaxed);
-  if (now - last < delay || !atomic_compare_exchange_strong_explicit(
-                                &sweep_last, &last, now, memory_order_relaxed,
-                                memory_order_relaxed))
+  if (now - last < (delay > 0 ? delay : 1) ||
+      !atomic_compare_exchange_strong_explicit(&sweep_last, &last, now, memory_order_relaxed,
+                                               memory_order_relaxed))
     return;
   atomic_store_explicit(&bmm__heap_sweep_wanted, false, memory_order_relaxed);
   size_t seen = 0, c = atomic_load_explicit(&cursor, memory_order_relaxed);
   for (size_t k = 0; k < BMM_CLASS_COUNT; k++, c = (c + 1) % BMM_CLASS_COUNT) {
-    if (seen >= BUDGET) { /* the rest next time */
-      bmm__heap_want_sweep();
-      break;
-    }
-    if (atomic_load_explicit(&abandoned[c], memory_order_relaxed) == NULL) continue;
-    /* acquire: the abandoning thread's writes to the pages (used). */
+    if (c == skip || atomic_load_explicit(&abandoned[c], memory_order_relaxed) == NULL) continue;
+    /* acquire: the writes to the pages (used) of whoever pushed them. */
     bmm_page_t *page = atomic_exchange_explicit(&abandoned[c], NULL, memory_order_acquire);
     bmm_page_t *keep = NULL, *keep_last = NULL;
-    for (bmm_page_t *next; page != NULL; page = next, seen++) {
+    for (bmm_page_t *next; page != NULL && seen < BUDGET; page = next, seen++) {
       next = page->abandoned_next;
       uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
       if (page->used == bmm__tf_count(tf)) {
@@ -583,12 +587,20 @@ static void heap_sweep_abandoned(void) {
       keep = page;
       if (keep_last == NULL) keep_last = page;
     }
-    if (keep == NULL) continue;
-    bmm_page_t *old = atomic_load_explicit(&abandoned[c], memory_order_relaxed);
-    do {
-      keep_last->abandoned_next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&abandoned[c], &old, keep,
-                                                    memory_order_release, memory_order_relaxed));
+    if (page != NULL) { /* the budget ran out: the rest goes back unread */
+      bmm_page_t *empty = NULL;
+      if (!atomic_compare_exchange_strong_explicit(&abandoned[c], &empty, page,
+                                                   memory_order_release, memory_order_relaxed)) {
+        bmm_page_t *end = page; /* pushed to meanwhile: chain the rest on top */
+        while (end->abandoned_next != NULL) end = end->abandoned_next;
+        abandoned_push(c, page, end);
+      }
+    }
+    if (keep != NULL) abandoned_push(c, keep, keep_last);
+    if (seen >= BUDGET) { /* the rest next time, from this class */
+      bmm__heap_want_sweep();
+      break;
+    }
   }
   atomic_store_explicit(&cursor, c, memory_order_relaxed);
 }

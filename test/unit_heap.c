@@ -41,6 +41,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #include "../src/internal.h" /* src/ is not on the test targets' include path */
 #include "check.h"
@@ -627,7 +628,10 @@ static void check_sweep(void) {
   for (size_t i = 0; i < SWEEP_COUNT; i++)
     bmm_free(sw_blocks[i]); /* each page abandoned, the blocks on its thread_free list */
   /* A malloc slow path of another class (a medium one this thread has no
-   * page of) sweeps. */
+   * page of) sweeps, 1 ms at least after the last sweep (by a clock that
+   * may tick every 10 ms). */
+  struct timespec wait = {0, 25 * 1000000};
+  nanosleep(&wait, NULL);
   void *p = bmm_malloc(3000);
   CHECK(p != NULL);
   size_t kept = 0;
