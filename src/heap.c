@@ -42,6 +42,9 @@ static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
  * heap_sweep_abandoned); the last sweep's time. */
 _Atomic(bool) bmm__heap_sweep_wanted;
 static _Atomic(int64_t) sweep_last;
+/* 0, or 1 while a thread sweeps, or 2 while a fork is under way: the
+ * pages of the lists a sweep holds would be on no list in the child. */
+static _Atomic(int) sweep_state;
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* Every queue a heap's pages can be in, for walks over all of them: the
@@ -569,6 +572,10 @@ static void heap_sweep_abandoned(size_t skip) {
       !atomic_compare_exchange_strong_explicit(&sweep_last, &last, now, memory_order_relaxed,
                                                memory_order_relaxed))
     return;
+  int idle = 0;
+  if (!atomic_compare_exchange_strong_explicit(&sweep_state, &idle, 1, memory_order_acquire,
+                                               memory_order_relaxed))
+    return; /* a fork is under way */
   atomic_store_explicit(&bmm__heap_sweep_wanted, false, memory_order_relaxed);
   size_t seen = 0, c = atomic_load_explicit(&cursor, memory_order_relaxed);
   for (size_t k = 0; k < BMM_CLASS_COUNT; k++, c = (c + 1) % BMM_CLASS_COUNT) {
@@ -603,6 +610,22 @@ static void heap_sweep_abandoned(size_t skip) {
     }
   }
   atomic_store_explicit(&cursor, c, memory_order_relaxed);
+  atomic_store_explicit(&sweep_state, 0, memory_order_release);
+}
+
+/* fork: let a sweep in progress finish (it may take the locks the arena's
+ * fork handler takes next, so wait first, holding none) and start none
+ * until the fork is over. */
+void bmm__heap_fork_prepare(void) {
+  for (int idle = 0; !atomic_compare_exchange_weak_explicit(&sweep_state, &idle, 2,
+                                                            memory_order_acquire,
+                                                            memory_order_relaxed);
+       idle = 0)
+    bmm__os_yield();
+}
+
+void bmm__heap_fork_release(void) {
+  atomic_store_explicit(&sweep_state, 0, memory_order_release);
 }
 
 static void heap_set_all_delayed(bmm_theap_t *heap, uintptr_t to, unsigned from_mask) {

@@ -22,6 +22,7 @@ static bool options_seen_env;
  * span cache's and span locks are taken around fork so that none is copied
  * while held. */
 static void init_fork_prepare(void) {
+  bmm__heap_fork_prepare(); /* first: it waits for a sweep, which may take the locks below */
   bmm__large_fork_prepare();
   bmm__arena_fork_prepare();
 }
@@ -29,6 +30,7 @@ static void init_fork_prepare(void) {
 static void init_fork_parent(void) {
   bmm__arena_fork_release();
   bmm__large_fork_release();
+  bmm__heap_fork_release();
 }
 
 static void init_fork_child(void) {
