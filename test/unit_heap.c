@@ -69,6 +69,23 @@ static size_t count_class(const bmm_page_queue_t *q, size_t cls) {
   return n;
 }
 
+static bool page_listed(bmm_page_t *const *pages, size_t n, const bmm_page_t *page) {
+  for (size_t k = 0; k < n; k++)
+    if (pages[k] == page) return true;
+  return false;
+}
+
+#define MAX_LISTED 16
+/* The distinct pages of blocks[0..n) into pages[MAX_LISTED]; their count. */
+static size_t list_pages(void *const *blocks, size_t n, bmm_page_t **pages) {
+  size_t npages = 0;
+  for (size_t i = 0; i < n; i++) {
+    bmm_page_t *page = bmm__page_of(blocks[i]);
+    if (!page_listed(pages, npages, page) && CHECK(npages < MAX_LISTED)) pages[npages++] = page;
+  }
+  return npages;
+}
+
 /* Run fn(arg) in a new thread and wait for it. */
 static void in_thread(void *(*fn)(void *), void *arg) {
   pthread_t t;
@@ -153,13 +170,12 @@ static void *remote_free_thread(void *arg) {
 /* The n-th orphaned full page of class cls among the pages of b48's live
  * blocks: in no queue of `heap`, owned by no heap, that heap recorded. */
 static bmm_page_t *orphan_page(bmm_theap_t *heap, size_t nth) {
-  for (size_t i = 0; i < n48; i++) {
-    bmm_page_t *p = bmm__page_of(b48[i]);
-    bool seen = false;
-    for (size_t k = 0; k < i; k++)
-      seen |= bmm__page_of(b48[k]) == p;
-    if (!seen && atomic_load(&p->heap) == NULL && df_state(p) == BMM_DF_USE &&
-        p->orphan_of == heap && nth-- == 0)
+  bmm_page_t *pages[MAX_LISTED];
+  size_t npages = list_pages(b48, n48, pages);
+  for (size_t k = 0; k < npages; k++) {
+    bmm_page_t *p = pages[k];
+    if (atomic_load(&p->heap) == NULL && df_state(p) == BMM_DF_USE && p->orphan_of == heap &&
+        nth-- == 0)
       return p;
   }
   return NULL;
@@ -418,23 +434,6 @@ static void *idle_owner_thread(void *arg) {
   pthread_barrier_wait(&or_filled);
   pthread_barrier_wait(&or_done);
   return NULL;
-}
-
-static bool page_listed(bmm_page_t *const *pages, size_t n, const bmm_page_t *page) {
-  for (size_t k = 0; k < n; k++)
-    if (pages[k] == page) return true;
-  return false;
-}
-
-#define MAX_LISTED 16
-/* The distinct pages of blocks[0..n) into pages[MAX_LISTED]; their count. */
-static size_t list_pages(void *const *blocks, size_t n, bmm_page_t **pages) {
-  size_t npages = 0;
-  for (size_t i = 0; i < n; i++) {
-    bmm_page_t *page = bmm__page_of(blocks[i]);
-    if (!page_listed(pages, npages, page) && CHECK(npages < MAX_LISTED)) pages[npages++] = page;
-  }
-  return npages;
 }
 
 /* A thread that fills pages and then idles does not keep them: once other
