@@ -278,7 +278,7 @@ static void *span_take(size_t n) {
  * live span here": free, realloc and usable_size report it as freed.
  * Locks: a thread never waits for the cache lock while it holds a span
  * lock or the other way round, and the arena's sweep (which calls
- * span_cache_sweep) runs with no lock held; fork takes the cache lock,
+ * span_cache_expire) runs with no lock held; fork takes the cache lock,
  * then the span locks. */
 #define BMM_SPAN_CACHE 32
 #define BMM_SPAN_CACHE_PAGES ((size_t)128 << (20 - BMM_SPAN_SHIFT))
@@ -319,7 +319,7 @@ static void span_cache_drop(const span_cached_t *e, bool purge) {
   span_unlock(e->a);
 }
 
-static int64_t span_cache_sweep(int64_t now);
+static int64_t span_cache_expire(int64_t now);
 
 /* Cache the span [pg, pg+len) of `a`, already marked BMM_SPAN_CACHED,
  * evicting the oldest entries while the cache is full. */
@@ -327,7 +327,7 @@ static void span_cache_put(bmm_arena_t *a, size_t pg, size_t len) {
   long delay = bmm__options[BMM_OPTION_PURGE_DELAY];
   int64_t expires = delay < 0 ? INT64_MAX : bmm__os_now_ms() + delay;
   span_cached_t out[BMM_SPAN_CACHE];
-  size_t n_out = 0, slot = BMM_SPAN_CACHE;
+  size_t n_out = 0, slot;
   bmm__spin_lock(&span_cache_lock);
   for (;;) {
     size_t oldest = BMM_SPAN_CACHE;
@@ -348,11 +348,11 @@ static void span_cache_put(bmm_arena_t *a, size_t pg, size_t len) {
   bmm__spin_unlock(&span_cache_lock);
   for (size_t i = 0; i < n_out; i++)
     span_cache_drop(&out[i], false);
-  if (expires != INT64_MAX) bmm__arena_sweep_hook(span_cache_sweep, expires);
+  if (expires != INT64_MAX) bmm__arena_sweep_hook(span_cache_expire, expires);
 }
 
 /* Give up the entries due by `now` (all with -1), memory included; the
- * next deadline, or 0 for none. */
+ * next deadline, or 0 for none. The arena's sweep calls it (its hook). */
 static int64_t span_cache_expire(int64_t now) {
   span_cached_t out[BMM_SPAN_CACHE];
   size_t n_out = 0;
@@ -368,10 +368,6 @@ static int64_t span_cache_expire(int64_t now) {
   for (size_t i = 0; i < n_out; i++)
     span_cache_drop(&out[i], true);
   return next;
-}
-
-static int64_t span_cache_sweep(int64_t now) {
-  return span_cache_expire(now);
 }
 
 void bmm__large_cache_flush(void) {
