@@ -349,7 +349,10 @@ void bmm__arena_page_free(bmm_page_t *page) {
   bmm_arena_t *arena = bmm__arena_of_page(page);
   size_t first = (size_t)(page - arena->pages), units = page->units;
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
-  if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) bmm__stats_class_page(page->class_idx, false);
+  if (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) {
+    bmm__stats_class_page(page->class_idx, false);
+    if (page->live_acct != 0) bmm__stats_class_live(page->class_idx, -(int64_t)page->live_acct);
+  }
   if (page->guarded) bmm__secure_unguard(page); /* the units may become anything */
   bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;

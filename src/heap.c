@@ -362,6 +362,27 @@ void bmm__heap_deferred_free(bmm_theap_t *heap, bool force) {
   heap->in_deferred = false;
 }
 
+/* Changes in blocks in use pass to the shared counts in batches: one
+ * atomic add per 64 blocks of a class rather than per page visit (larson
+ * with 4 threads measured 10% slower with an add per visit). */
+#define BMM_LIVE_BATCH 64
+
+static void heap_live_flush(bmm_theap_t *heap, size_t cls) {
+  if (heap->live_pending[cls] != 0) bmm__stats_class_live(cls, heap->live_pending[cls]);
+  heap->live_pending[cls] = 0;
+}
+
+/* The heap's count of blocks in use of the page's class catches up with
+ * the page (its owner calls this after collecting its frees). */
+static inline void heap_count_live(bmm_theap_t *heap, bmm_page_t *page) {
+  int32_t change = (int32_t)page->used - page->live_acct;
+  if (change == 0) return;
+  page->live_acct = (uint16_t)page->used;
+  int32_t pending = heap->live_pending[page->class_idx] += change;
+  if (pending >= BMM_LIVE_BATCH || pending <= -BMM_LIVE_BATCH)
+    heap_live_flush(heap, page->class_idx);
+}
+
 /* The slow path of malloc: find a page of queue `qi` (its class, plain or
  * aligned) with a free block, collecting frees as it goes, moving exhausted
  * pages to the full queue, then adopting abandoned pages, then claiming a
@@ -389,6 +410,7 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   while (page != NULL) {
     bmm_page_t *next = page->next;
     bmm__page_collect(page);
+    heap_count_live(heap, page);
     /* Keep a few free blocks in circulation while the page has uncarved
      * room: with only the blocks freed since the last visit, a page of
      * large blocks would send malloc here every few calls. */
@@ -502,6 +524,7 @@ bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner) {
  * or free into its pages meanwhile (bmm_heap_destroy's contract). */
 void bmm__heap_view_release(bmm_theap_t *view) {
   view->leak_page = NULL; /* a cut list goes with its page */
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) heap_live_flush(view, c);
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(view, c);
     bmm_page_t *page;
@@ -651,10 +674,12 @@ void bmm__heap_thread_done(void *arg) {
     while ((page = q->first) != NULL) {
       queue_remove(q, page);
       bmm__page_collect(page);
+      heap_count_live(heap, page);
       if (page->used == 0) bmm__arena_page_free(page);
       else heap_abandon_page(page);
     }
   }
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) heap_live_flush(heap, c);
   bmm__heap_tls = &bmm__heap_empty;
   heap_pool_push_list(heap, heap);
 }
@@ -731,7 +756,10 @@ bool bmm__heap_check(bmm_theap_t *heap) {
 }
 
 /* Pages, blocks in use and capacity per size class of `heap` (plain and
- * aligned queues and the full queue together); returns BMM_CLASS_COUNT. */
+ * aligned queues and the full queue together), and what its pages changed
+ * since the shared counts last saw them: blocks popped from their free
+ * lists (their `installed` blocks less those still there) and the change
+ * in blocks in use. Its owner calls this; returns BMM_CLASS_COUNT. */
 size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(bmm_class_stats_t) * BMM_CLASS_COUNT);
   if (heap == &bmm__heap_empty) return BMM_CLASS_COUNT;
@@ -742,7 +770,14 @@ size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_
       cs->pages++;
       cs->used += page->used;
       cs->capacity += page->reserved;
+      size_t listed = 0;
+      for (bmm_block_t *b = page->free; b != NULL && listed < page->capacity; listed++)
+        b = bmm__next(page, b);
+      if (page->installed > listed) cs->popped += page->installed - listed;
+      uint32_t pending = bmm__tf_count(atomic_load_explicit(&page->thread_free, memory_order_relaxed));
+      cs->live_change += (int64_t)page->used - pending - page->live_acct;
     }
   }
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) out[c].live_change += heap->live_pending[c];
   return BMM_CLASS_COUNT;
 }

@@ -334,6 +334,8 @@ void bmm__heap_collect(bmm_theap_t *heap, bool force);
 void bmm__heap_deferred_free(bmm_theap_t *heap, bool force);
 typedef struct bmm_class_stats_s {
   size_t pages, used, capacity;
+  size_t popped;       /* blocks handed out that the shared counts miss */
+  int64_t live_change; /* blocks in use now less what the shared counts hold */
 } bmm_class_stats_t;
 size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]);
 bool bmm__heap_check(bmm_theap_t *heap);
@@ -384,6 +386,7 @@ void *bmm__large_handed_out(void *p, size_t size);
 void bmm__stats_large(size_t bytes, bool allocated);
 /* A page of size class cls was claimed (true) or released (false). */
 void bmm__stats_class_page(size_t cls, bool claimed);
+void bmm__stats_class_live(size_t cls, int64_t delta);
 void bmm__zero_block(void *p, size_t size);
 
 /* ---- fheap.c: first-class heaps -------------------------------------- */

@@ -27,6 +27,11 @@ static uint32_t odd_inverse(uint32_t m) {
   return x;
 }
 
+/* capacity, installed and live_acct count a page's blocks in 16 bits. */
+_Static_assert(BMM_UNIT_SIZE / BMM_ALIGN <= UINT16_MAX &&
+                   BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE / BMM_SMALL_PAGE_MAX <= UINT16_MAX,
+               "a page holds at most 65535 blocks");
+
 void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   size_t bs = bmm__class_size(cls);
   /* The units may have held anything (spans, freed large blocks). */
@@ -38,7 +43,7 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   page->block_inv = odd_inverse((uint32_t)(bs >> page->block_shift));
   page->reserved = (uint32_t)(page->units * BMM_UNIT_SIZE / bs);
   page->capacity = 0;
-  page->used = 0;
+  page->used = page->live_acct = 0;
   page->free = page->local_free = NULL;
   page->in_full = 0;
   page->installed = 0;
@@ -65,7 +70,7 @@ void bmm__page_extend(bmm_page_t *page) {
   page->installed = (uint16_t)(page->installed + n); /* read and reset before it can wrap */
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
-    page->capacity += (uint32_t)n;
+    page->capacity = (uint16_t)(page->capacity + n);
     return;
   }
   uint8_t *p = first;
@@ -76,7 +81,7 @@ void bmm__page_extend(bmm_page_t *page) {
   bmm__track_carve(p, bs);
   ((bmm_block_t *)p)->next = page->free;
   page->free = (bmm_block_t *)first;
-  page->capacity += (uint32_t)n;
+  page->capacity = (uint16_t)(page->capacity + n);
 }
 
 /* Take the blocks other threads freed into the page; returns how many. */

@@ -3,10 +3,13 @@
  *
  * What it reports costs the allocation fast paths nothing: the memory
  * accounting of every arena and of the huge blocks (reserved, committed,
- * in use, purged), the blocks handed out per size class by every thread
- * (each heap counts a page's free list when its slow path finds it used
- * up, so a count is at most one list behind per class and thread; a count
- * per malloc would cost the fast path an increment), the pages every heap
+ * in use, purged), the blocks per size class of every thread: allocated,
+ * freed, in use and the most in use (each heap counts a page's free list
+ * when its slow path finds it used up, and a page's change in blocks in
+ * use when its slow path visits it, so a count is at most one list behind
+ * per class and thread, and the calling thread's own lag is added in when
+ * it prints; a count per malloc would cost the fast path an increment),
+ * the pages every heap
  * holds per class now and at most (a class's memory and its peak: atomic
  * counters where pages are claimed and released), the calling thread's
  * pages per class (pages, blocks in use, capacity), large blocks allocated
@@ -78,32 +81,81 @@ static uint64_t large_sum(int freed, int bytes) {
   return sum;
 }
 
+/* Raise *peak to now if now is more. */
+static void raise_peak(_Atomic(uint64_t) *peak, uint64_t now) {
+  uint64_t was = atomic_load_explicit(peak, memory_order_relaxed);
+  while (now > was && !atomic_compare_exchange_weak_explicit(peak, &was, now, memory_order_relaxed,
+                                                             memory_order_relaxed)) {
+  }
+}
+
 /* Pages of each size class that all heaps hold, and the most they held
  * since the reset. A page is claimed and released by slow paths only. */
-static _Atomic(uint32_t) class_pages[BMM_CLASS_COUNT];
-static _Atomic(uint32_t) class_pages_peak[BMM_CLASS_COUNT];
+static _Atomic(uint64_t) class_pages[BMM_CLASS_COUNT];
+static _Atomic(uint64_t) class_pages_peak[BMM_CLASS_COUNT];
 
 void bmm__stats_class_page(size_t cls, bool claimed) {
   if (!claimed) {
     atomic_fetch_sub_explicit(&class_pages[cls], 1, memory_order_relaxed);
     return;
   }
-  uint32_t now = atomic_fetch_add_explicit(&class_pages[cls], 1, memory_order_relaxed) + 1;
-  uint32_t peak = atomic_load_explicit(&class_pages_peak[cls], memory_order_relaxed);
-  while (now > peak && !atomic_compare_exchange_weak_explicit(&class_pages_peak[cls], &peak, now,
-                                                              memory_order_relaxed,
-                                                              memory_order_relaxed)) {
-  }
+  raise_peak(&class_pages_peak[cls],
+             atomic_fetch_add_explicit(&class_pages[cls], 1, memory_order_relaxed) + 1);
 }
 
-/* Blocks handed out per size class by every thread since the reset. */
+/* Blocks in use per size class, as the heaps last counted them: a page's
+ * owner counts what its `used` changed by whenever its slow path visits
+ * the page (page->live_acct remembers what was counted), a heap adds its
+ * counts here in batches (heap.c), and what a page still counted is taken
+ * off when it is released. So the sum lags the truth by the blocks taken
+ * or freed since each page's last visit (about a free list per class and
+ * thread, and full pages' frees) and each heap's batch; a batch of frees
+ * may even come before the batch that counted the blocks, and the sum dip
+ * below 0. The peak is of these sums, and can be short by as much. */
+static _Atomic(int64_t) class_live[BMM_CLASS_COUNT];
+static _Atomic(uint64_t) class_live_peak[BMM_CLASS_COUNT];
+static uint64_t live_base[BMM_CLASS_COUNT]; /* blocks in use at the reset */
+
+void bmm__stats_class_live(size_t cls, int64_t delta) {
+  int64_t now = atomic_fetch_add_explicit(&class_live[cls], delta, memory_order_relaxed) + delta;
+  if (delta > 0 && now > 0) raise_peak(&class_live_peak[cls], (uint64_t)now);
+}
+
+/* Blocks handed out per size class by every thread, as the heaps counted
+ * them (a used-up free list at a time). */
 static void class_allocs(uint64_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(uint64_t) * BMM_CLASS_COUNT);
   for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next)
     for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
       out[c] += atomic_load_explicit(&h->class_allocs[c], memory_order_relaxed);
-  for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
-    out[c] = out[c] >= class_base[c] ? out[c] - class_base[c] : 0;
+}
+
+/* One size class's blocks: allocated and freed since the reset, in use
+ * now and at most since the reset. */
+typedef struct class_row_s {
+  uint64_t allocated, freed, live, peak;
+} class_row_t;
+
+/* The rows of every class, the calling thread's own changes that the
+ * shared counts miss added in (cs, from bmm__heap_class_stats): what a
+ * single thread did is counted exactly. */
+static void class_rows(const bmm_class_stats_t cs[BMM_CLASS_COUNT],
+                       class_row_t rows[BMM_CLASS_COUNT]) {
+  uint64_t allocs[BMM_CLASS_COUNT];
+  class_allocs(allocs);
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) {
+    class_row_t *r = &rows[c];
+    int64_t live = atomic_load_explicit(&class_live[c], memory_order_relaxed) + cs[c].live_change;
+    r->live = live > 0 ? (uint64_t)live : 0;
+    uint64_t total = allocs[c] + cs[c].popped;
+    r->allocated = total >= class_base[c] ? total - class_base[c] : 0;
+    /* freed = allocated - (live now - live at the reset), never below 0 */
+    uint64_t out = r->allocated + live_base[c];
+    r->freed = out > r->live ? out - r->live : 0;
+    /* The exact count just made counts for the peak too. */
+    raise_peak(&class_live_peak[c], r->live);
+    r->peak = atomic_load_explicit(&class_live_peak[c], memory_order_relaxed);
+  }
 }
 
 /* The process's figures since the last reset. */
@@ -121,14 +173,20 @@ BMM_API void bmm_stats_reset(void) {
   bmm__os_process_info(&base);
   bmm__mem_stats(&st);
   purged_base = st.purged;
-  uint64_t now[BMM_CLASS_COUNT];
+  bmm_class_stats_t cs[BMM_CLASS_COUNT];
+  class_row_t rows[BMM_CLASS_COUNT];
+  bmm__heap_class_stats(bmm__heap_tls, cs);
   memset(class_base, 0, sizeof class_base);
-  class_allocs(now);
-  memcpy(class_base, now, sizeof class_base);
-  for (size_t c = 0; c < BMM_CLASS_COUNT; c++)
+  memset(live_base, 0, sizeof live_base);
+  class_rows(cs, rows);
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) {
+    class_base[c] = rows[c].allocated;
+    live_base[c] = rows[c].live;
+    atomic_store_explicit(&class_live_peak[c], rows[c].live, memory_order_relaxed);
     atomic_store_explicit(&class_pages_peak[c],
                           atomic_load_explicit(&class_pages[c], memory_order_relaxed),
                           memory_order_relaxed);
+  }
   for (int freed = 0; freed < 2; freed++)
     for (int bytes = 0; bytes < 2; bytes++) large_base[freed][bytes] = large_sum(freed, bytes);
 }
@@ -179,31 +237,36 @@ static void print_text(out_t *o) {
   out_str(o, "\n  (totals include huge blocks; large blocks are inside the arenas)\n");
 
   bmm_class_stats_t cs[BMM_CLASS_COUNT];
-  uint64_t allocs[BMM_CLASS_COUNT];
+  class_row_t rows[BMM_CLASS_COUNT];
   size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
-  class_allocs(allocs);
-  out_str(o, "\n  size class   allocated   pages  peak memory  |  this thread: pages   "
-             "blocks used   capacity      bytes used\n");
+  class_rows(cs, rows);
+  out_str(o, "\n  size class   allocated       freed      in use    peak use   pages  peak memory"
+             "  |  this thread: pages  blocks used   capacity     bytes used\n");
   for (size_t c = 0; c < n; c++) {
-    uint32_t pages = atomic_load_explicit(&class_pages[c], memory_order_relaxed);
-    uint32_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
-    if (cs[c].pages == 0 && allocs[c] == 0 && peak == 0) continue;
+    const class_row_t *r = &rows[c];
+    uint64_t pages = atomic_load_explicit(&class_pages[c], memory_order_relaxed);
+    uint64_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
+    if (cs[c].pages == 0 && r->allocated == 0 && r->peak == 0 && peak == 0) continue;
     out_num(o, bmm__class_size(c), 12);
-    out_num(o, allocs[c], 12);
+    out_num(o, r->allocated, 12);
+    out_num(o, r->freed, 12);
+    out_num(o, r->live, 12);
+    out_num(o, r->peak, 12);
     out_num(o, pages, 8);
     out_str(o, " ");
     out_bytes(o, (size_t)peak * bmm__class_page_units(c) * BMM_UNIT_SIZE);
     out_str(o, "  |");
     out_num(o, cs[c].pages, 19);
-    out_num(o, cs[c].used, 14);
+    out_num(o, cs[c].used, 13);
     out_num(o, cs[c].capacity, 11);
-    out_str(o, "  ");
+    out_str(o, " ");
     out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
     out_str(o, "\n");
   }
-  out_str(o, "  (allocated: by all threads, counted a used-up free list at a time; pages: in use\n"
-             "   now; peak memory: the most pages in use at once, in bytes; this thread: the pages\n"
-             "   its heap holds, full pages belonging to no heap)\n");
+  out_str(o, "  (blocks by all threads since the reset: allocated, freed, in use now and at most;\n"
+             "   other threads' counts lag by up to a free list per class, this thread's are exact;\n"
+             "   pages: in use now; peak memory: the most pages in use at once, in bytes; this\n"
+             "   thread: the pages its heap holds, full pages belonging to no heap)\n");
   out_str(o, "  large blocks: ");
   out_num(o, large_since(0, false), 0);
   out_str(o, " allocated (");
@@ -256,17 +319,21 @@ static void print_json(out_t *o) {
   json_field(o, "purged", st.purged, false);
   out_str(o, "},\n \"heap\": [");
   bmm_class_stats_t cs[BMM_CLASS_COUNT];
-  uint64_t allocs[BMM_CLASS_COUNT];
+  class_row_t rows[BMM_CLASS_COUNT];
   size_t n = bmm__heap_class_stats(bmm__heap_tls, cs);
-  class_allocs(allocs);
+  class_rows(cs, rows);
   first = true;
   for (size_t c = 0; c < n; c++) {
-    uint32_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
-    if (cs[c].pages == 0 && allocs[c] == 0 && peak == 0) continue;
+    const class_row_t *r = &rows[c];
+    uint64_t peak = atomic_load_explicit(&class_pages_peak[c], memory_order_relaxed);
+    if (cs[c].pages == 0 && r->allocated == 0 && r->peak == 0 && peak == 0) continue;
     out_str(o, first ? "{" : ", {");
     first = false;
     json_field(o, "block_size", bmm__class_size(c), true);
-    json_field(o, "allocated", allocs[c], true);
+    json_field(o, "allocated", r->allocated, true);
+    json_field(o, "freed", r->freed, true);
+    json_field(o, "in_use", r->live, true);
+    json_field(o, "peak_in_use", r->peak, true);
     json_field(o, "all_pages", atomic_load_explicit(&class_pages[c], memory_order_relaxed), true);
     json_field(o, "peak_bytes", (unsigned long long)peak * bmm__class_page_units(c) * BMM_UNIT_SIZE,
                true);

@@ -154,7 +154,8 @@ struct bmm_page_s {
   uint8_t align_log;          /* [init] aligned pages: the class's natural alignment, log2 */
   uint8_t guarded;            /* [init] secure mode: the page's last 4 KiB are PROT_NONE */
   _Atomic(uint8_t) sampled;   /* [atomic] leak_sample: live recorded blocks (255: sticky) */
-  uint32_t capacity;          /* [owner] blocks carved so far */
+  uint16_t capacity;          /* [owner] blocks carved so far */
+  uint16_t live_acct;         /* [owner] `used` as last added to the class's live count */
   /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */
   uint16_t installed;         /* [owner] blocks put on `free` since the slow path last looked */
@@ -264,6 +265,10 @@ struct bmm_theap_s {
   uint64_t heartbeat;  /* slow-path visits, passed to the deferred-free hook */
   bool in_deferred;    /* the deferred-free hook is running on this thread */
   uint32_t arena_hint; /* arena to claim fresh pages from first */
+  /* Changes in blocks in use per size class not yet added to the shared
+   * counts (stats.c): added BMM_LIVE_BATCH at a time, so that threads
+   * working in one class do not contend for its counter. */
+  int32_t live_pending[BMM_CLASS_COUNT];
   bmm_theap_t *pool_next; /* link in the recycled-heap pool */
   /* A thread's view of a first-class heap (fheap.c) has an owner; a
    * thread's default heap has none. Views are linked under the owner's

@@ -1,5 +1,6 @@
 /* stats.c: section 10 introspection: bmm_stats_print writes the memory
- * accounting, the blocks allocated per size class by all threads and the
+ * accounting, the blocks per size class by all threads (allocated, freed,
+ * in use, peak in use: exact for what this one thread did) and the
  * calling thread's pages per class, and the large blocks (as a table, and
  * as JSON with stats_json=1) through the callback given; bmm_stats_reset
  * restarts the counts; show_stats=1
@@ -11,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <brainmm.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +66,14 @@ static void run_show_stats_child(const char *extra, char *buf, size_t cap) {
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* A thread that leaves 5000 blocks of the 640-byte class behind. */
+static void *thread_blocks[5000];
+static void *leave_blocks(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 5000; i++) thread_blocks[i] = bmm_malloc(600);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--child") == 0) {
     free(malloc(100));
@@ -83,24 +93,33 @@ int main(int argc, char **argv) {
   const char *row = strstr(text, "\n          48 ");
   CHECK(row != NULL);
   if (row != NULL) {
-    unsigned long allocated = 0, all_pages = 0, pages = 0, used = 0;
-    CHECK(sscanf(row, " 48 %lu %lu %*f %*s | %lu %lu", &allocated, &all_pages, &pages, &used) ==
-              4 &&
-          all_pages >= pages && pages >= 1 && used >= 100);
+    unsigned long allocated = 0, freed = 0, in_use = 0, peak_use = 0, all_pages = 0, pages = 0,
+                  used = 0;
+    CHECK(sscanf(row, " 48 %lu %lu %lu %lu %lu %*f %*s | %lu %lu", &allocated, &freed, &in_use,
+                 &peak_use, &all_pages, &pages, &used) == 7);
+    CHECK(allocated >= 100 && in_use >= 100 && allocated == freed + in_use && peak_use >= in_use);
+    CHECK(all_pages >= pages && pages >= 1 && used >= 100);
   }
   CHECK(strstr(text, "large blocks: 1 allocated (     1.0 MiB), 0 freed") != NULL);
 
-  /* Allocation counts per class (by all threads; a used-up free list at a
-   * time, so at most one list of 4 KiB behind), and bmm_stats_reset. */
+  /* Blocks per class: allocated, freed, in use and their peak. Other
+   * threads' counts may lag by a free list, but this one thread's are
+   * exact when it prints them. */
   static void *many[10000];
   for (int i = 0; i < 10000; i++) many[i] = bmm_malloc(200); /* the 208-byte class */
-  for (int i = 0; i < 10000; i++) bmm_free(many[i]);
+  for (int i = 100; i < 10000; i++) bmm_free(many[i]);
   text_len = 0;
   bmm_stats_print(collect, text);
   row = strstr(text, "\n         208 ");
-  unsigned long allocated = 0;
-  CHECK(row != NULL && sscanf(row, " 208 %lu", &allocated) == 1);
-  CHECK(allocated >= 10000 - 4096 / 208 && allocated <= 10000);
+  unsigned long allocated = 0, freed = 0, in_use = 0, peak_use = 0;
+  CHECK(row != NULL && sscanf(row, " 208 %lu %lu %lu %lu", &allocated, &freed, &in_use,
+                              &peak_use) == 4);
+  CHECK(allocated == 10000 && freed == 9900 && in_use == 100);
+  /* The peak is of the counts taken when a free list ran out and added
+   * to the shared count in batches of 64: short of 10000 by what the last
+   * list had handed out (8 KiB of blocks at most, BMM_PAGE_SLACK_BYTES,
+   * and one 4 KiB extension) and by less than a batch. */
+  CHECK(peak_use <= 10000 && peak_use > 10000 - (8192 + 4096) / 208 - 64);
   /* The class's peak memory: the 32 pages (315 blocks each) that held
    * them at once, though they are gone now. */
   text_len = 0;
@@ -109,16 +128,36 @@ int main(int argc, char **argv) {
   CHECK(bmm_option_set("stats_json", 0) == 0);
   row = strstr(text, "{\"block_size\": 208, ");
   unsigned long all_pages = 0, peak = 0;
-  CHECK(row != NULL && sscanf(row, "{\"block_size\": 208, \"allocated\": %lu, \"all_pages\": %lu, "
-                              "\"peak_bytes\": %lu",
-                              &allocated, &all_pages, &peak) == 3);
+  CHECK(row != NULL &&
+        sscanf(row, "{\"block_size\": 208, \"allocated\": %lu, \"freed\": %lu, \"in_use\": %lu, "
+                    "\"peak_in_use\": %lu, \"all_pages\": %lu, \"peak_bytes\": %lu",
+               &allocated, &freed, &in_use, &peak_use, &all_pages, &peak) == 6);
+  CHECK(allocated == 10000 && freed == 9900 && in_use == 100);
   CHECK(peak >= 32 * 65536 && peak <= 40 * 65536 && all_pages < 32);
+  /* Another thread's blocks: its heap counts its pages when it exits, so
+   * the blocks in use are exact; its allocations may lag by a free list. */
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, leave_blocks, NULL) == 0 && pthread_join(t, NULL) == 0);
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  row = strstr(text, "\n         640 ");
+  CHECK(row != NULL && sscanf(row, " 640 %lu %lu %lu %lu", &allocated, &freed, &in_use,
+                              &peak_use) == 4);
+  CHECK(in_use == 5000 && peak_use == 5000);
+  CHECK(allocated <= 5000 && allocated >= 5000 - (8192 + 4096) / 640);
+  for (int i = 0; i < 5000; i++) bmm_free(thread_blocks[i]);
+
+  /* Since a reset: none allocated, the 100 kept freed, none in use, and
+   * the peak restarts from what was in use at the reset. */
   bmm_stats_reset();
+  for (int i = 0; i < 100; i++) bmm_free(many[i]);
   bmm_free(bmm_malloc(300000)); /* one large block since the reset */
   text_len = 0;
   bmm_stats_print(collect, text);
   row = strstr(text, "\n         208 ");
-  CHECK(row == NULL || (sscanf(row, " 208 %lu", &allocated) == 1 && allocated == 0));
+  CHECK(row != NULL && sscanf(row, " 208 %lu %lu %lu %lu", &allocated, &freed, &in_use,
+                              &peak_use) == 4);
+  CHECK(allocated == 0 && freed == 100 && in_use == 0 && peak_use == 100);
   CHECK(strstr(text, "large blocks: 1 allocated") != NULL && strstr(text, "1 freed") != NULL);
 
   text_len = 0;
