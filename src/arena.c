@@ -847,7 +847,8 @@ void bmm__huge_free(bmm_page_t *page) {
 #define BMM_REGION_BLOCKS 256
 static struct {
   uintptr_t base;
-  size_t size;
+  size_t size;   /* usable bytes */
+  size_t mapped; /* the mapping: size and a guard page in secure mode */
   size_t align;
 } region_blocks[BMM_REGION_BLOCKS];
 static atomic_int region_blocks_lock;
@@ -860,27 +861,32 @@ static void region_blocks_release(void) {
   bmm__spin_unlock(&region_blocks_lock);
 }
 
-void *bmm__region_block_alloc(size_t size, size_t align) {
+/* `guard`: secure mode's inaccessible page after the block (without it if
+ * the kernel refuses: the block is good all the same). */
+void *bmm__region_block_alloc(size_t size, size_t align, bool guard) {
   size_t ps = bmm__os_page_size();
   if (align < BMM_REGION_SIZE) align = BMM_REGION_SIZE;
-  if (size > SIZE_MAX - align - ps) return NULL;
+  if (size > SIZE_MAX - align - 2 * ps) return NULL;
   size = size == 0 ? ps : (size + ps - 1) & ~(ps - 1);
-  uint8_t *p = bmm__os_reserve_aligned(size, align, true);
+  size_t mapped = size + (guard ? ps : 0);
+  uint8_t *p = bmm__os_reserve_aligned(mapped, align, true);
   if (p == NULL) return NULL;
+  if (guard) bmm__os_protect(p + size, ps, BMM_PROT_NONE);
   region_blocks_acquire();
   size_t i = 0;
   while (i < BMM_REGION_BLOCKS && region_blocks[i].base != 0) i++;
   if (i == BMM_REGION_BLOCKS) {
     region_blocks_release();
-    bmm__os_release(p, size);
+    bmm__os_release(p, mapped);
     return NULL;
   }
   region_blocks[i].base = (uintptr_t)p;
   region_blocks[i].size = size;
+  region_blocks[i].mapped = mapped;
   region_blocks[i].align = align;
   region_map_set(p, BMM_REGION_BLOCK);
   region_blocks_release();
-  atomic_fetch_add_explicit(&huge_bytes, size, memory_order_relaxed);
+  atomic_fetch_add_explicit(&huge_bytes, mapped, memory_order_relaxed);
   return p;
 }
 
@@ -915,7 +921,7 @@ bool bmm__region_block_free(void *p) {
   region_blocks_acquire();
   for (size_t i = 0; i < BMM_REGION_BLOCKS; i++) {
     if (region_blocks[i].base == (uintptr_t)p && p != NULL) {
-      size = region_blocks[i].size;
+      size = region_blocks[i].mapped;
       region_blocks[i].base = 0;
       region_map_set(p, BMM_REGION_NONE);
       break;

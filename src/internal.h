@@ -178,7 +178,7 @@ void bmm__arena_fork_release(void);
 void *bmm__huge_alloc(size_t size, size_t align);
 void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move);
 void *bmm__huge_adopt(void *data, size_t have, size_t size);
-void *bmm__region_block_alloc(size_t size, size_t align);
+void *bmm__region_block_alloc(size_t size, size_t align, bool guard);
 size_t bmm__region_block_size(const void *p, size_t *align);
 bool bmm__region_block_free(void *p);
 void bmm__huge_free(bmm_page_t *page);

@@ -471,7 +471,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
   bmm__arena_purge_due(); /* a free span may serve this: no arena call */
   void *p;
   if (align > BMM_HUGE_ALIGN_MAX) {
-    p = bmm__region_block_alloc(size, align);
+    p = bmm__region_block_alloc(size, align, bmm__secure != 0);
   } else if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) {
     p = bmm__huge_alloc(size, align);
   } else if (align > BMM_SPAN_PAGE) {

@@ -19,7 +19,8 @@
  *     are not reported;
  *   - one byte past a large block faults (its guard page); cached spans
  *     keep theirs; a huge block's mapping ends in a guard page, also after
- *     realloc and when reused from the huge-block cache;
+ *     realloc and when reused from the huge-block cache, and so does a
+ *     block aligned beyond a region;
  *   - allocations are 16-aligned (or as asked), usable_size >= request,
  *     realloc keeps contents and alignment, calloc zeroes; a randomized
  *     churn of 100k operations with pattern checks, then 4 threads
@@ -502,6 +503,15 @@ static void check_huge_guards(void) {
   CHECK(q != NULL && is_guard(q + bmm_usable_size(q)));
   memset(q, 1, bmm_usable_size(q));
   bmm_free(q);
+  /* A block aligned beyond a region (256 MiB) is an exact mapping of its
+   * own, with a guard page too. */
+  unsigned char *r = bmm_malloc_aligned(MiB + 5, 512 * MiB);
+  CHECK(r != NULL && ((uintptr_t)r & (512 * MiB - 1)) == 0);
+  if (r != NULL) {
+    CHECK(bmm_usable_size(r) >= MiB + 5 && is_guard(r + bmm_usable_size(r)));
+    memset(r, 1, bmm_usable_size(r));
+    bmm_free(r);
+  }
   CHECK(bmm_heap_check());
 }
 
