@@ -122,6 +122,7 @@ static void heap_queue_push_back(bmm_theap_t *heap, bmm_page_t *page) {
 static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
+static void abandoned_put_back(size_t c, bmm_page_t *first);
 static void heap_sweep_abandoned(size_t skip);
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
@@ -287,10 +288,18 @@ static bool heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   return true;
 }
 
-/* Take over every abandoned page of the class of queue `qi` (plain and
- * aligned pages alike; each goes to its own queue); returns one of queue
- * `qi` with free blocks, first in its queue, or NULL. Empty pages beyond
- * that one go back to the arena. */
+/* Abandoned pages a thread short of a class takes over at once. Taking
+ * the whole list made the first thread to come hoard every page of the
+ * class, and the next ones claim fresh pages: on larson with 4 threads
+ * (hundreds of thread exits a second) 4 pages at a time cut the peak RSS
+ * by a tenth at no cost in time, 2 by a sixth at 8% of the time. */
+#define BMM_ADOPT_PAGES 4
+
+/* Take over abandoned pages of the class of queue `qi` (plain and aligned
+ * pages alike; each goes to its own queue) until BMM_ADOPT_PAGES of queue
+ * `qi` with free blocks are ours; returns the first of them, first in its
+ * queue, or NULL. Empty pages beyond that one go back to the arena; the
+ * pages not reached go back to the list. */
 static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
   size_t cls = qi % BMM_CLASS_COUNT;
   /* Not into a view: its pages must hold its owner's blocks only. */
@@ -301,7 +310,8 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
    * page's lists are visible. */
   bmm_page_t *page = atomic_exchange_explicit(&abandoned[cls], NULL, memory_order_acquire);
   bmm_page_t *found = NULL;
-  while (page != NULL) {
+  int wanted = BMM_ADOPT_PAGES;
+  while (page != NULL && wanted > 0) {
     bmm_page_t *next = page->abandoned_next;
     page->abandoned_next = NULL;
     if (!heap_adopt_page(heap, page)) { /* orphaned: another free may own it by now */
@@ -312,11 +322,13 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
     if (page->used == 0 && (found != NULL || !mine)) {
       heap_queue_remove(heap, page);
       bmm__arena_page_free(page);
-    } else if (found == NULL && mine && page->free != NULL) {
-      found = page;
+    } else if (mine && page->free != NULL) {
+      wanted--;
+      if (found == NULL) found = page;
     }
     page = next;
   }
+  if (page != NULL) abandoned_put_back(cls, page);
   if (found != NULL && heap->queues[qi].first != found) {
     heap_queue_remove(heap, found);
     heap_queue_push_front(heap, found);
@@ -561,6 +573,24 @@ static void abandoned_push(size_t c, bmm_page_t *first, bmm_page_t *last) {
                                                   memory_order_release, memory_order_relaxed));
 }
 
+/* Put back a list taken from class c's abandoned list, unread: in place
+ * while the list is still empty, else with what was pushed meanwhile (a
+ * few pages, whose end is found by a short walk) in front of it. */
+static void abandoned_put_back(size_t c, bmm_page_t *first) {
+  for (;;) {
+    bmm_page_t *empty = NULL;
+    if (atomic_compare_exchange_strong_explicit(&abandoned[c], &empty, first, memory_order_release,
+                                                memory_order_relaxed))
+      return;
+    bmm_page_t *more = atomic_exchange_explicit(&abandoned[c], NULL, memory_order_acquire);
+    if (more == NULL) continue;
+    bmm_page_t *end = more;
+    while (end->abandoned_next != NULL) end = end->abandoned_next;
+    end->abandoned_next = first;
+    first = more;
+  }
+}
+
 static void heap_abandon_page(bmm_page_t *page) {
   page->in_full = 0;
   page->next = page->prev = NULL;
@@ -617,15 +647,7 @@ static void heap_sweep_abandoned(size_t skip) {
       keep = page;
       if (keep_last == NULL) keep_last = page;
     }
-    if (page != NULL) { /* the budget ran out: the rest goes back unread */
-      bmm_page_t *empty = NULL;
-      if (!atomic_compare_exchange_strong_explicit(&abandoned[c], &empty, page,
-                                                   memory_order_release, memory_order_relaxed)) {
-        bmm_page_t *end = page; /* pushed to meanwhile: chain the rest on top */
-        while (end->abandoned_next != NULL) end = end->abandoned_next;
-        abandoned_push(c, page, end);
-      }
-    }
+    if (page != NULL) abandoned_put_back(c, page); /* the budget ran out */
     if (keep != NULL) abandoned_push(c, keep, keep_last);
     if (seen >= BUDGET) { /* the rest next time, from this class */
       bmm__heap_want_sweep();
