@@ -123,7 +123,31 @@ static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
 static void abandoned_put_back(size_t c, bmm_page_t *first);
-static void heap_sweep_abandoned(size_t skip);
+static void heap_sweep_abandoned(bmm_theap_t *heap, size_t skip);
+
+/* The statistics' count of blocks of class `cls` handed out, kept by each
+ * heap (its owner writes, bmm_stats_print adds them all up). */
+static void heap_count_allocs(bmm_theap_t *heap, size_t cls, uint32_t n) {
+  _Atomic(uint64_t) *count = &heap->class_allocs[cls];
+  atomic_store_explicit(count, atomic_load_explicit(count, memory_order_relaxed) + n,
+                        memory_order_relaxed);
+}
+
+/* Count to `heap` the blocks the page's free list handed out since they
+ * were last counted; `installed` keeps the blocks still there. */
+static void heap_count_popped(bmm_theap_t *heap, bmm_page_t *page) {
+  if (page->installed == 0) return;
+  uint32_t popped = bmm__page_popped(page);
+  heap_count_allocs(heap, page->class_idx, popped);
+  page->installed = (uint16_t)(page->installed - popped);
+}
+
+/* Give a small or medium page back to the arena (its blocks all free, or a
+ * destroyed view's), its last allocations counted to `heap` first. */
+static void heap_page_release(bmm_theap_t *heap, bmm_page_t *page) {
+  heap_count_popped(heap, page);
+  bmm__arena_page_free(page);
+}
 
 /* in_full is mirrored in bit 0 of page->tid (thread ids are TCB addresses,
  * so that bit is free): the owner's free fast path compares tid with its
@@ -245,7 +269,7 @@ static bmm_noinline void heap_page_unfull_or_retire(bmm_theap_t *heap, bmm_page_
   if (page->in_full) heap_page_unfull(heap, page);
   if (page->used == 0 && page_queue(heap, page)->first != page) {
     heap_queue_remove(heap, page);
-    bmm__arena_page_free(page);
+    heap_page_release(heap, page);
   }
 }
 
@@ -321,7 +345,7 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
     bool mine = page_queue_index(page) == qi;
     if (page->used == 0 && (found != NULL || !mine)) {
       heap_queue_remove(heap, page);
-      bmm__arena_page_free(page);
+      heap_page_release(heap, page);
     } else if (mine && page->free != NULL) {
       wanted--;
       if (found == NULL) found = page;
@@ -406,10 +430,7 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   /* The first page's list is used up: its blocks were handed out. */
   bmm_page_t *used_up = heap->queues[qi].first;
   if (used_up != NULL && used_up->installed != 0) {
-    _Atomic(uint64_t) *count = &heap->class_allocs[qi % BMM_CLASS_COUNT];
-    atomic_store_explicit(count,
-                          atomic_load_explicit(count, memory_order_relaxed) + used_up->installed,
-                          memory_order_relaxed);
+    heap_count_allocs(heap, used_up->class_idx, used_up->installed);
     if (bmm__leak == 2) bmm__leak_count_page(heap, used_up);
     used_up->installed = 0;
   }
@@ -445,7 +466,7 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
    * program that only allocates small blocks after freeing big ones still
    * gives the memory back (one atomic load while nothing is pending). */
   bmm__arena_purge_due();
-  heap_sweep_abandoned(qi % BMM_CLASS_COUNT);
+  heap_sweep_abandoned(heap, qi % BMM_CLASS_COUNT);
   page = heap_adopt_class(heap, qi);
   if (page != NULL) return page;
   return heap_page_fresh(heap, qi);
@@ -531,7 +552,8 @@ bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner) {
 }
 
 /* Give every page of `view` back to the arena, whatever it holds, and the
- * view to the pool: time linear in its pages, none in its blocks. Blocks
+ * view to the pool: time linear in its pages, none in its live blocks
+ * (a page's last free list is walked to count what it handed out). Blocks
  * on delayed_free are dropped with their pages. No thread may use the view
  * or free into its pages meanwhile (bmm_heap_destroy's contract). */
 void bmm__heap_view_release(bmm_theap_t *view) {
@@ -542,7 +564,7 @@ void bmm__heap_view_release(bmm_theap_t *view) {
     bmm_page_t *page;
     while ((page = q->first) != NULL) {
       queue_remove(q, page);
-      bmm__arena_page_free(page);
+      heap_page_release(view, page);
     }
   }
   view->owner = NULL;
@@ -613,7 +635,7 @@ static void heap_abandon_page(bmm_page_t *page) {
  * the caller, who is about to adopt its pages and reuse an empty one. (On
  * a weakly ordered CPU a page abandoned as the flag is cleared may wait
  * for the next sweep: that costs memory for a while, nothing else.) */
-static void heap_sweep_abandoned(size_t skip) {
+static void heap_sweep_abandoned(bmm_theap_t *heap, size_t skip) {
   enum { BUDGET = 1024 }; /* pages per sweep: a few descriptor misses each */
   static _Atomic(size_t) cursor; /* class to start at: a long walk is resumed */
   if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed)) return;
@@ -640,7 +662,7 @@ static void heap_sweep_abandoned(size_t skip) {
       next = page->abandoned_next;
       uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
       if (page->used == bmm__tf_count(tf)) {
-        bmm__arena_page_free(page);
+        heap_page_release(heap, page);
         continue;
       }
       page->abandoned_next = keep;
@@ -697,6 +719,7 @@ void bmm__heap_thread_done(void *arg) {
       queue_remove(q, page);
       bmm__page_collect(page);
       heap_count_live(heap, page);
+      heap_count_popped(heap, page); /* whoever adopts the page counts the rest */
       if (page->used == 0) bmm__arena_page_free(page);
       else heap_abandon_page(page);
     }
@@ -736,7 +759,7 @@ void bmm__heap_collect(bmm_theap_t *heap, bool force) {
       bmm__page_collect(page);
       if (page->used == 0) {
         heap_queue_remove(heap, page);
-        bmm__arena_page_free(page);
+        heap_page_release(heap, page);
       }
       page = next;
     }
@@ -792,12 +815,17 @@ size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_
       cs->pages++;
       cs->used += page->used;
       cs->capacity += page->reserved;
-      size_t listed = 0;
-      for (bmm_block_t *b = page->free; b != NULL && listed < page->capacity; listed++)
-        b = bmm__next(page, b);
-      if (page->installed > listed) cs->popped += page->installed - listed;
-      uint32_t pending = bmm__tf_count(atomic_load_explicit(&page->thread_free, memory_order_relaxed));
-      cs->live_change += (int64_t)page->used - pending - page->live_acct;
+      /* Blocks on thread_free are counted in used still, and so are those
+       * leak_sample cut from the free list (bmm__leak_on_alloc), which
+       * were not handed out either. */
+      uint32_t popped = bmm__page_popped(page);
+      uint32_t aside = bmm__tf_count(atomic_load_explicit(&page->thread_free, memory_order_relaxed));
+      if (page == heap->leak_page) {
+        popped = popped > heap->leak_rest_n ? popped - heap->leak_rest_n : 0;
+        aside += heap->leak_rest_n;
+      }
+      cs->popped += popped;
+      cs->live_change += (int64_t)page->used - aside - page->live_acct;
     }
   }
   for (size_t c = 0; c < BMM_CLASS_COUNT; c++) out[c].live_change += heap->live_pending[c];

@@ -4,13 +4,9 @@
  * What it reports costs the allocation fast paths nothing: the memory
  * accounting of every arena and of the huge blocks (reserved, committed,
  * in use, purged), the blocks per size class of every thread: allocated,
- * freed, in use and the most in use (each heap counts a page's free list
- * when its slow path finds it used up, and a page's change in blocks in
- * use when its slow path visits it, so a count is at most one list behind
- * per class and thread, and the calling thread's own lag is added in when
- * it prints; a count per malloc would cost the fast path an increment),
- * the pages every heap
- * holds per class now and at most (a class's memory and its peak: atomic
+ * freed, in use and the most in use (a count per malloc would cost the
+ * fast path an increment: the slow paths count instead, see class_rows),
+ * the pages every heap holds per class now and at most (a class's memory and its peak: atomic
  * counters where pages are claimed and released), the calling thread's
  * pages per class (pages, blocks in use, capacity), large blocks allocated
  * and freed (atomic counters on their slow paths), and the process's RSS,
@@ -105,13 +101,10 @@ void bmm__stats_class_page(size_t cls, bool claimed) {
 
 /* Blocks in use per size class, as the heaps last counted them: a page's
  * owner counts what its `used` changed by whenever its slow path visits
- * the page (page->live_acct remembers what was counted), a heap adds its
- * counts here in batches (heap.c), and what a page still counted is taken
- * off when it is released. So the sum lags the truth by the blocks taken
- * or freed since each page's last visit (about a free list per class and
- * thread, and full pages' frees) and each heap's batch; a batch of frees
- * may even come before the batch that counted the blocks, and the sum dip
- * below 0. The peak is of these sums, and can be short by as much. */
+ * the page (page->live_acct remembers what was counted) and when it exits,
+ * a heap adds its counts here in batches (heap.c), and what a page still
+ * counted is taken off when it is released. A batch of frees may come
+ * before the batch that counted the blocks, and the sum dip below 0. */
 static _Atomic(int64_t) class_live[BMM_CLASS_COUNT];
 static _Atomic(uint64_t) class_live_peak[BMM_CLASS_COUNT];
 static uint64_t live_base[BMM_CLASS_COUNT]; /* blocks in use at the reset */
@@ -136,9 +129,16 @@ typedef struct class_row_s {
   uint64_t allocated, freed, live, peak;
 } class_row_t;
 
-/* The rows of every class, the calling thread's own changes that the
- * shared counts miss added in (cs, from bmm__heap_class_stats): what a
- * single thread did is counted exactly. */
+/* The rows of every class. Allocations are counted when a page's free
+ * list is used up, when the page is released and when its thread exits;
+ * blocks in use as above. So other threads' counts (and those of the
+ * calling thread's first-class heaps) lag: allocations by up to a free
+ * list per class and thread, frees until the owner's slow path visits the
+ * page again or the owner exits. The calling thread's default heap adds
+ * what it has not counted yet (cs, from bmm__heap_class_stats), so what a
+ * single thread did is counted exactly, except the peak: it is of the
+ * counts as they were taken, and off either way by as much as they lag
+ * (a page's frees not counted yet while another page's allocations are). */
 static void class_rows(const bmm_class_stats_t cs[BMM_CLASS_COUNT],
                        class_row_t rows[BMM_CLASS_COUNT]) {
   uint64_t allocs[BMM_CLASS_COUNT];
@@ -263,10 +263,12 @@ static void print_text(out_t *o) {
     out_bytes(o, (size_t)cs[c].used * bmm__class_size(c));
     out_str(o, "\n");
   }
-  out_str(o, "  (blocks by all threads since the reset: allocated, freed, in use now and at most;\n"
-             "   other threads' counts lag by up to a free list per class, this thread's are exact;\n"
-             "   pages: in use now; peak memory: the most pages in use at once, in bytes; this\n"
-             "   thread: the pages its heap holds, full pages belonging to no heap)\n");
+  out_str(o, "  (blocks by all threads since the reset: allocated, freed, in use now and at most,\n"
+             "   as counted on the slow paths: exact for this thread's default heap, other heaps'\n"
+             "   allocations lag by up to a free list per class, their frees until the owner's\n"
+             "   slow path visits the page again, and the peak by as much either way; pages: in\n"
+             "   use now; peak memory: the most pages in use at once, in bytes; this thread: the\n"
+             "   pages its heap holds, full pages belonging to no heap)\n");
   out_str(o, "  large blocks: ");
   out_num(o, large_since(0, false), 0);
   out_str(o, " allocated (");
