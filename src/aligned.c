@@ -19,6 +19,20 @@ static inline bool is_pow2(size_t x) {
   return x != 0 && (x & (x - 1)) == 0;
 }
 
+/* Secure mode's short path for a small aligned request, as malloc has
+ * one (bmm__malloc_generic): the queue is found as the inline path finds
+ * it (bmm__malloc_aligned_fast), for the request and its canary, and the
+ * block popped from the page in front of it when that has one. NULL: take
+ * the slow path. */
+static void *secure_aligned_short(size_t size, size_t align) {
+  size_t need = (size == 0 ? 1 : size) + BMM_CANARY; /* bmm__class_request's, known secure */
+  size_t want = need < align ? align : (need + align - 1) & ~(align - 1);
+  if (want > 256) return NULL;
+  bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
+  if (page == NULL || page->free == NULL) return NULL;
+  return bmm__secure_pop(page);
+}
+
 /* align: a power of two. Small and medium requests come from pages of the
  * aligned queues (which record their alignment, so realloc keeps it), in a
  * class whose size is a multiple of `align`. */
@@ -31,6 +45,9 @@ void *bmm__malloc_aligned(size_t size, size_t align) {
   if (align <= BMM_UNIT_SIZE) {
     void *p = align <= 256 ? bmm__malloc_aligned_fast(size, align) : NULL;
     if (bmm_likely(p != NULL)) return p;
+    if (bmm_unlikely(bmm__secure_fast) && align <= 256 &&
+        (p = secure_aligned_short(size, align)) != NULL)
+      return p;
     size_t qi = bmm__aligned_queue(size, align);
     if (qi != SIZE_MAX) {
       bmm_theap_t *heap = bmm__heap_get();
