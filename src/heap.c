@@ -13,6 +13,7 @@
  * a thread short of pages adopts them. The heap struct itself is recycled,
  * never unmapped. No locks.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "internal.h"
@@ -123,7 +124,7 @@ static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page);
 static bool heap_page_park_full(bmm_theap_t *heap, bmm_page_t *page);
 static void heap_abandon_page(bmm_page_t *page);
 static void abandoned_put_back(size_t c, bmm_page_t *first);
-static void heap_sweep_abandoned(bmm_theap_t *heap, size_t skip);
+static void heap_sweep_abandoned(bmm_theap_t *heap);
 
 /* The statistics' count of blocks of class `cls` handed out, kept by each
  * heap (its owner writes, bmm_stats_print adds them all up). */
@@ -320,11 +321,11 @@ static bool heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
 #define BMM_ADOPT_PAGES 4
 
 /* Take over abandoned pages of the class of queue `qi` (plain and aligned
- * pages alike; each goes to its own queue) until BMM_ADOPT_PAGES of queue
+ * pages alike; each goes to its own queue) until `wanted` pages of queue
  * `qi` with free blocks are ours; returns the first of them, first in its
  * queue, or NULL. Empty pages beyond that one go back to the arena; the
  * pages not reached go back to the list. */
-static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
+static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
   size_t cls = qi % BMM_CLASS_COUNT;
   /* Not into a view: its pages must hold its owner's blocks only. */
   if (heap->owner != NULL) return NULL;
@@ -334,7 +335,6 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi) {
    * page's lists are visible. */
   bmm_page_t *page = atomic_exchange_explicit(&abandoned[cls], NULL, memory_order_acquire);
   bmm_page_t *found = NULL;
-  int wanted = BMM_ADOPT_PAGES;
   while (page != NULL && wanted > 0) {
     bmm_page_t *next = page->abandoned_next;
     page->abandoned_next = NULL;
@@ -466,8 +466,8 @@ bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
    * program that only allocates small blocks after freeing big ones still
    * gives the memory back (one atomic load while nothing is pending). */
   bmm__arena_purge_due();
-  heap_sweep_abandoned(heap, qi % BMM_CLASS_COUNT);
-  page = heap_adopt_class(heap, qi);
+  heap_sweep_abandoned(heap);
+  page = heap_adopt_class(heap, qi, BMM_ADOPT_PAGES);
   if (page != NULL) return page;
   return heap_page_fresh(heap, qi);
 }
@@ -557,7 +557,9 @@ bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner) {
  * on delayed_free are dropped with their pages. No thread may use the view
  * or free into its pages meanwhile (bmm_heap_destroy's contract). */
 void bmm__heap_view_release(bmm_theap_t *view) {
-  view->leak_page = NULL; /* a cut list goes with its page */
+  /* A cut list goes back on its page first, so that counting what the
+   * page handed out does not count the cut blocks. */
+  if (view->leak_page != NULL) bmm__leak_resume(view, false);
   for (size_t c = 0; c < BMM_CLASS_COUNT; c++) heap_live_flush(view, c);
   for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
     bmm_page_queue_t *q = heap_queue_at(view, c);
@@ -623,7 +625,7 @@ static void heap_abandon_page(bmm_page_t *page) {
 }
 
 /* Abandoned pages wait for a thread short of pages of their class, which
- * adopts them and returns the empty ones to the arena. When no thread
+ * adopts a few (returning the empty ones it meets to the arena). When no thread
  * allocates that class again (the blocks of an exited thread, or of an
  * idle one's orphans, freed by others), they would hold their memory for
  * good: here, at most once per purge_delay (1 ms at least) and only after
@@ -631,11 +633,12 @@ static void heap_abandon_page(bmm_page_t *page) {
  * blocks are all free (on its thread_free list: `used` counts them still)
  * goes back to the arena, which purges it. A list is taken by an exchange,
  * as adoption does, so nobody else touches its pages meanwhile; with all
- * its blocks free, no free can come into a page. Class `skip` is left to
- * the caller, who is about to adopt its pages and reuse an empty one. (On
+ * its blocks free, no free can come into a page. The caller's class too:
+ * its adoption stops after a few pages, and empty ones behind them would
+ * wait for good. (On
  * a weakly ordered CPU a page abandoned as the flag is cleared may wait
  * for the next sweep: that costs memory for a while, nothing else.) */
-static void heap_sweep_abandoned(bmm_theap_t *heap, size_t skip) {
+static void heap_sweep_abandoned(bmm_theap_t *heap) {
   enum { BUDGET = 1024 }; /* pages per sweep: a few descriptor misses each */
   static _Atomic(size_t) cursor; /* class to start at: a long walk is resumed */
   if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed)) return;
@@ -654,7 +657,7 @@ static void heap_sweep_abandoned(bmm_theap_t *heap, size_t skip) {
   atomic_store_explicit(&bmm__heap_sweep_wanted, false, memory_order_relaxed);
   size_t seen = 0, c = atomic_load_explicit(&cursor, memory_order_relaxed);
   for (size_t k = 0; k < BMM_CLASS_COUNT; k++, c = (c + 1) % BMM_CLASS_COUNT) {
-    if (c == skip || atomic_load_explicit(&abandoned[c], memory_order_relaxed) == NULL) continue;
+    if (atomic_load_explicit(&abandoned[c], memory_order_relaxed) == NULL) continue;
     /* acquire: the writes to the pages (used) of whoever pushed them. */
     bmm_page_t *page = atomic_exchange_explicit(&abandoned[c], NULL, memory_order_acquire);
     bmm_page_t *keep = NULL, *keep_last = NULL;
@@ -752,7 +755,7 @@ void bmm__heap_collect(bmm_theap_t *heap, bool force) {
   if (heap == &bmm__heap_empty) return;
   bmm__heap_process_delayed(heap);
   for (size_t c = 0; c < BMM_QUEUE_COUNT; c++) {
-    if (force) heap_adopt_class(heap, c);
+    if (force) heap_adopt_class(heap, c, INT_MAX); /* all of them */
     bmm_page_t *page = heap->queues[c].first;
     while (page != NULL) {
       bmm_page_t *next = page->next;
