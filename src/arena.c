@@ -31,6 +31,7 @@ _Static_assert(BMM_ARENA_HEADER_UNITS < BMM_ARENA_UNITS / 64,
 static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units);
 static void purge_next_lower(int64_t deadline);
 static void huge_cache_expire(int64_t now);
+static int64_t huge_cache_earliest(int64_t now, int64_t earliest);
 static void huge_unmap(bmm_arena_t *h);
 
 /* The huge-block cache (see "The huge-block cache" below). */
@@ -423,10 +424,7 @@ void bmm__arena_purge_due(void) {
   int64_t earliest = 0;
   bmm_sweep_fn hook = atomic_load_explicit(&sweep_hook, memory_order_acquire);
   if (hook != NULL) earliest = hook(now);
-  for (size_t i = 0; i < BMM_HUGE_CACHE; i++) { /* racy peek: a hint only */
-    int64_t e = huge_cache[i].h != NULL ? huge_cache[i].expires : 0;
-    if (e > now && e != INT64_MAX && (earliest == 0 || e < earliest)) earliest = e;
-  }
+  earliest = huge_cache_earliest(now, earliest);
   for (size_t a = 0; a < count; a++) {
     bmm_arena_t *arena = arena_at(a);
     if (arena == NULL) continue;
@@ -682,6 +680,20 @@ static void huge_cache_expire(int64_t now) {
   }
   huge_cache_release();
   for (size_t i = 0; i < n; i++) huge_unmap(drop[i]);
+}
+
+/* The earlier of `earliest` (0: none) and the first expiry after `now` of
+ * a cached mapping. Under the lock: other threads put and take entries
+ * meanwhile (a peek without it was a data race that TSan reported). */
+static int64_t huge_cache_earliest(int64_t now, int64_t earliest) {
+  if (atomic_load_explicit(&huge_cache_count, memory_order_relaxed) == 0) return earliest;
+  huge_cache_acquire();
+  for (size_t i = 0; i < BMM_HUGE_CACHE; i++) {
+    int64_t e = huge_cache[i].h != NULL ? huge_cache[i].expires : 0;
+    if (e > now && e != INT64_MAX && (earliest == 0 || e < earliest)) earliest = e;
+  }
+  huge_cache_release();
+  return earliest;
 }
 
 /* Offset of a huge block's data from its region start for `align`, or 0
