@@ -313,13 +313,6 @@ static bool heap_adopt_page(bmm_theap_t *heap, bmm_page_t *page) {
   return true;
 }
 
-/* Abandoned pages a thread short of a class takes over at once. Taking
- * the whole list made the first thread to come hoard every page of the
- * class, and the next ones claim fresh pages: on larson with 4 threads
- * (hundreds of thread exits a second) 4 pages at a time cut the peak RSS
- * by a tenth at no cost in time, 2 by a sixth at 8% of the time. */
-#define BMM_ADOPT_PAGES 4
-
 /* Take over abandoned pages of the class of queue `qi` (plain and aligned
  * pages alike; each goes to its own queue) until `wanted` pages of queue
  * `qi` with free blocks are ours; returns the first of them, first in its

@@ -330,6 +330,12 @@ bmm_inline void bmm__heap_want_sweep(void) {
   if (!atomic_load_explicit(&bmm__heap_sweep_wanted, memory_order_relaxed))
     atomic_store_explicit(&bmm__heap_sweep_wanted, true, memory_order_relaxed);
 }
+/* Abandoned pages (with free blocks) a thread short of a class takes over
+ * at once. Taking the whole list made the first thread to come hoard every
+ * page of the class, and the next ones claim fresh pages: on larson with 4
+ * threads (hundreds of thread exits a second) 4 pages at a time cut the
+ * peak RSS by a tenth at no cost in time, 2 by a sixth at 8% of the time. */
+#define BMM_ADOPT_PAGES 4
 void bmm__heap_process_delayed(bmm_theap_t *heap);
 void bmm__heap_collect(bmm_theap_t *heap, bool force);
 void bmm__heap_deferred_free(bmm_theap_t *heap, bool force);

@@ -642,6 +642,67 @@ static void check_sweep(void) {
   HEAP_OK();
 }
 
+/* A thread short of a class adopts BMM_ADOPT_PAGES abandoned pages with
+ * free blocks, not all (the first thread to come took every one, and the
+ * next ones claimed fresh pages); bmm_collect(true) takes all of them. */
+#define ADOPT_SIZE 1792 /* a class no other part of the test uses: 36 a page */
+#define ADOPT_PAGES 8
+#define ADOPT_COUNT (ADOPT_PAGES * (BMM_UNIT_SIZE / ADOPT_SIZE))
+static void *ad_blocks[ADOPT_COUNT];
+
+static void *adopt_filler_thread(void *arg) {
+  (void)arg;
+  for (size_t i = 0; i < ADOPT_COUNT; i++)
+    CHECK((ad_blocks[i] = bmm_malloc(ADOPT_SIZE)) != NULL);
+  /* A free block in every page (the first of each): none full, none empty. */
+  for (size_t i = 0; i < ADOPT_COUNT; i += BMM_UNIT_SIZE / ADOPT_SIZE) bmm_free(ad_blocks[i]);
+  return NULL; /* exit: its pages are abandoned */
+}
+
+/* Pages of `pages` owned by heap `heap` (NULL: by none). */
+static size_t pages_of_heap(bmm_page_t *const *pages, size_t n, const bmm_theap_t *heap) {
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) k += atomic_load(&pages[i]->heap) == heap;
+  return k;
+}
+
+static void *adopt_check_thread(void *arg) {
+  const size_t *npages = arg;
+  static bmm_page_t *pages[MAX_LISTED];
+  CHECK_EQ_SZ(list_pages(ad_blocks, ADOPT_COUNT, pages), *npages);
+  void *p = bmm_malloc(ADOPT_SIZE);
+  CHECK(p != NULL);
+  CHECK_EQ_SZ(pages_of_heap(pages, *npages, bmm__heap_tls), BMM_ADOPT_PAGES);
+  CHECK_EQ_SZ(pages_of_heap(pages, *npages, NULL), *npages - BMM_ADOPT_PAGES);
+  HEAP_OK();
+  bmm_free(p);
+  return NULL;
+}
+
+static void check_adopt_some(void) {
+  size_t cls = bmm__class_of(ADOPT_SIZE);
+  in_thread(adopt_filler_thread, NULL);
+  static bmm_page_t *pages[MAX_LISTED];
+  size_t npages = list_pages(ad_blocks, ADOPT_COUNT, pages);
+  CHECK_EQ_SZ(npages, ADOPT_PAGES);
+  CHECK_EQ_SZ(pages_of_heap(pages, npages, NULL), npages);
+  in_thread(adopt_check_thread, &npages);
+  /* That thread exited: all abandoned again. bmm_collect(true) adopts
+   * them all; once this thread has freed every block, it returns them to
+   * the arena. */
+  CHECK_EQ_SZ(pages_of_heap(pages, npages, NULL), npages);
+  bmm_collect(true);
+  CHECK_EQ_SZ(pages_of_heap(pages, npages, bmm__heap_tls), npages);
+  for (size_t i = 0; i < ADOPT_COUNT; i++)
+    if (i % (BMM_UNIT_SIZE / ADOPT_SIZE) != 0) bmm_free(ad_blocks[i]);
+  bmm_collect(true);
+  size_t kept = 0;
+  for (size_t k = 0; k < npages; k++) /* freed (or reused since, as another class) */
+    kept += atomic_load(&pages[k]->kind) != BMM_PAGE_FREE && pages[k]->class_idx == cls;
+  CHECK_EQ_SZ(kept, 0);
+  HEAP_OK();
+}
+
 /* ---- Free blocks kept in circulation --------------------------------- */
 
 /* A page carves more blocks while few of its carved ones are free, but
@@ -754,6 +815,8 @@ int main(void) {
   check_adopt_full();
   HEAP_OK();
   check_sweep();
+  HEAP_OK();
+  check_adopt_some();
   HEAP_OK();
   check_slack();
   HEAP_OK();
