@@ -618,19 +618,18 @@ static void heap_abandon_page(bmm_page_t *page) {
 }
 
 /* Abandoned pages wait for a thread short of pages of their class, which
- * adopts a few (returning the empty ones it meets to the arena). When no thread
- * allocates that class again (the blocks of an exited thread, or of an
- * idle one's orphans, freed by others), they would hold their memory for
- * good: here, at most once per purge_delay (1 ms at least) and only after
- * a page was abandoned or freed into since the last time, every page whose
- * blocks are all free (on its thread_free list: `used` counts them still)
- * goes back to the arena, which purges it. A list is taken by an exchange,
- * as adoption does, so nobody else touches its pages meanwhile; with all
- * its blocks free, no free can come into a page. The caller's class too:
- * its adoption stops after a few pages, and empty ones behind them would
- * wait for good. (On
- * a weakly ordered CPU a page abandoned as the flag is cleared may wait
- * for the next sweep: that costs memory for a while, nothing else.) */
+ * adopts a few (returning the empty ones it meets to the arena). When no
+ * thread allocates that class again (the blocks of an exited thread, or of
+ * an idle one's orphans, freed by others), or the empty pages lie behind
+ * those adopted, they would hold their memory for good: here, at most once
+ * per purge_delay (1 ms at least) and only after a page was abandoned or
+ * freed into since the last time, every page whose blocks are all free
+ * (on its thread_free list: `used` counts them still) goes back to the
+ * arena, which purges it. A list is taken by an exchange, as adoption
+ * does, so nobody else touches its pages meanwhile; with all its blocks
+ * free, no free can come into a page. (On a weakly ordered CPU a page
+ * abandoned as the flag is cleared may wait for the next sweep: that costs
+ * memory for a while, nothing else.) */
 static void heap_sweep_abandoned(bmm_theap_t *heap) {
   enum { BUDGET = 1024 }; /* pages per sweep: a few descriptor misses each */
   static _Atomic(size_t) cursor; /* class to start at: a long walk is resumed */

@@ -6,12 +6,12 @@
  * in use, purged), the blocks per size class of every thread: allocated,
  * freed, in use and the most in use (a count per malloc would cost the
  * fast path an increment: the slow paths count instead, see class_rows),
- * the pages every heap holds per class now and at most (a class's memory and its peak: atomic
- * counters where pages are claimed and released), the calling thread's
- * pages per class (pages, blocks in use, capacity), large blocks allocated
- * and freed (atomic counters on their slow paths), and the process's RSS,
- * peak RSS, page faults, CPU and elapsed time. bmm_stats_reset restarts
- * what accumulates.
+ * the pages every heap holds per class now and at most (a class's memory
+ * and its peak: atomic counters where pages are claimed and released), the
+ * calling thread's pages per class (pages, blocks in use, capacity), large
+ * blocks allocated and freed (atomic counters on their slow paths), and
+ * the process's RSS, peak RSS, page faults, CPU and elapsed time.
+ * bmm_stats_reset restarts what accumulates.
  *
  * Output goes through a callback in chunks of whole lines, formatted into a
  * stack buffer without stdio or malloc (this also runs at exit, or while
@@ -115,7 +115,7 @@ void bmm__stats_class_live(size_t cls, int64_t delta) {
 }
 
 /* Blocks handed out per size class by every thread, as the heaps counted
- * them (a used-up free list at a time). */
+ * them (see class_rows). */
 static void class_allocs(uint64_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(uint64_t) * BMM_CLASS_COUNT);
   for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next)
