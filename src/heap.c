@@ -356,7 +356,7 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
 static bmm_page_t *heap_page_fresh(bmm_theap_t *heap, size_t qi) {
   size_t cls = qi % BMM_CLASS_COUNT;
   size_t units = bmm__class_page_units(cls);
-  bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1);
+  bmm_page_t *page = bmm__arena_page_alloc(&heap->arena_hint, units, 1, true);
   if (page == NULL) return NULL;
   bmm__page_init(page, heap, cls);
   /* An aligned page records the natural alignment of its class (the

@@ -240,7 +240,7 @@ static void *span_take(size_t n) {
   /* No free span fits: carve fresh units. */
   size_t units = (n + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES;
   uint32_t hint = heap->arena_hint;
-  bmm_page_t *first = bmm__arena_page_alloc(&hint, units, 1);
+  bmm_page_t *first = bmm__arena_page_alloc(&hint, units, 1, false); /* spans: whole units */
   if (first == NULL) return NULL;
   if (heap != &bmm__heap_empty) heap->arena_hint = hint;
   bmm_arena_t *a = bmm__arena_of_page(first);
@@ -446,7 +446,7 @@ void *bmm__large_unit_run(size_t size, size_t align) {
   size_t align_units = align > BMM_UNIT_SIZE ? align >> BMM_UNIT_SHIFT : 1;
   bmm_theap_t *heap = bmm__heap_tls;
   uint32_t hint = heap->arena_hint;
-  bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units);
+  bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align_units, true);
   if (page == NULL) return NULL;
   if (heap != &bmm__heap_empty) heap->arena_hint = hint;
   page->block_size = units << BMM_UNIT_SHIFT;

@@ -128,9 +128,12 @@ void bmm__secure_page_init(bmm_page_t *page) {
   page->reserved = (uint32_t)(room / page->block_size);
 }
 
-/* Make the last 4 KiB of the page's units inaccessible. Without it (the
- * kernel refused, e.g. out of mappings) the page simply has no guard. */
+/* Make the last 4 KiB of the page's units inaccessible (it may be so
+ * already: the arena keeps a one-unit page's guard for the next one).
+ * Without it (the kernel refused, e.g. out of mappings) the page simply
+ * has no guard. */
 void bmm__secure_guard_tail(bmm_page_t *page) {
+  if (page->guarded) return;
   uint8_t *end = bmm__page_start(page) + (size_t)page->units * BMM_UNIT_SIZE;
   page->guarded = bmm__os_protect(end - BMM_SPAN_PAGE, BMM_SPAN_PAGE, BMM_PROT_NONE) == 0;
 }

@@ -515,6 +515,49 @@ static void check_huge_guards(void) {
   CHECK(bmm_heap_check());
 }
 
+/* A small page's last 4 KiB is a guard. A released one-unit page keeps
+ * it up for the next one-unit page (which guards the same place), but a
+ * unit that becomes large spans is whole again: every byte of those
+ * blocks can be written. */
+#define UNIT (64 * KiB)
+/* Distinct small pages of blocks[0..n) (allocated in a row), in *pages,
+ * and how many of them end in a guard. */
+static size_t guarded_pages(unsigned char *const *blocks, int n, size_t *pages) {
+  size_t guarded = 0;
+  *pages = 0;
+  for (int i = 0; i < n; i++) {
+    uintptr_t start = (uintptr_t)blocks[i] & ~(uintptr_t)(UNIT - 1);
+    if (i > 0 && start == ((uintptr_t)blocks[i - 1] & ~(uintptr_t)(UNIT - 1))) continue;
+    (*pages)++;
+    guarded += is_guard((void *)(start + UNIT - 4 * KiB));
+  }
+  return guarded;
+}
+
+static void check_page_guards(void) {
+  enum { N = 2000 }; /* 880-byte blocks (the 896 class with the canary): 27 pages */
+  static unsigned char *small[N];
+  for (int i = 0; i < N; i++) small[i] = bmm_malloc(880);
+  size_t pages, guarded = guarded_pages(small, N, &pages);
+  CHECK(pages >= 20 && guarded == pages);
+  for (int i = 0; i < N; i++) bmm_free(small[i]);
+  bmm_collect(true); /* the empty pages go back to the arena, guards up */
+  /* Large blocks carved from fresh units (perhaps those), written whole. */
+  enum { L = 24 };
+  static unsigned char *large[L];
+  for (int i = 0; i < L; i++) {
+    large[i] = bmm_malloc(200 * KiB);
+    if (CHECK(large[i] != NULL)) memset(large[i], 0x3c, bmm_usable_size(large[i]));
+  }
+  /* Small pages again: each has its guard. */
+  for (int i = 0; i < N; i++) small[i] = bmm_malloc(700);
+  guarded = guarded_pages(small, N, &pages);
+  CHECK(pages >= 15 && guarded == pages);
+  for (int i = 0; i < N; i++) bmm_free(small[i]);
+  for (int i = 0; i < L; i++) bmm_free(large[i]);
+  CHECK(bmm_heap_check());
+}
+
 /* ---- abort_on_error=0 ------------------------------------------------------ */
 
 static int cmp_uintptr(const void *a, const void *b) {
@@ -1002,6 +1045,7 @@ int main(int argc, char **argv) {
   run_continue_case();
   check_basics();
   check_huge_guards();
+  check_page_guards();
   churn(7, 100000);
   check_exchange();
   CHECK(check_rerun(argv[0], "--level2", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "0"));

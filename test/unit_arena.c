@@ -63,7 +63,7 @@ static size_t unit_index(const bmm_page_t *page) {
 /* Claim a run and mark it LARGE, as bmm__large_alloc does, so that
  * bmm__arena_check_all validates it. */
 static bmm_page_t *claim(uint32_t *hint, size_t units, size_t align_units) {
-  bmm_page_t *page = bmm__arena_page_alloc(hint, units, align_units);
+  bmm_page_t *page = bmm__arena_page_alloc(hint, units, align_units, false);
   if (page != NULL) {
     page->block_size = units * BMM_UNIT_SIZE;
     page->reserved = page->used = 1;
@@ -168,9 +168,9 @@ static void check_basic_runs(void) {
   CHECK(bmm__arena_check_all());
 
   /* Bad requests. */
-  CHECK(bmm__arena_page_alloc(&hint, 0, 1) == NULL);
-  CHECK(bmm__arena_page_alloc(&hint, USABLE_UNITS + 1, 1) == NULL);
-  CHECK(bmm__arena_page_alloc(&hint, BMM_ARENA_UNITS, 1) == NULL);
+  CHECK(bmm__arena_page_alloc(&hint, 0, 1, false) == NULL);
+  CHECK(bmm__arena_page_alloc(&hint, USABLE_UNITS + 1, 1, false) == NULL);
+  CHECK(bmm__arena_page_alloc(&hint, BMM_ARENA_UNITS, 1, false) == NULL);
   /* The largest run fits an empty arena (a fresh one if none is empty). */
   bmm_page_t *whole = claim(&hint, USABLE_UNITS, 1);
   check_run(whole, USABLE_UNITS, 1);
@@ -424,7 +424,7 @@ static void *claim_thread(void *arg) {
       continue;
     }
     size_t units = 1 + (seed >> 12) % 8, align = (size_t)1 << ((seed >> 20) % 3);
-    bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align);
+    bmm_page_t *page = bmm__arena_page_alloc(&hint, units, align, false);
     if (page == NULL) {
       atomic_fetch_add(&failures, 1);
       continue;

@@ -90,7 +90,7 @@ static size_t units_for(size_t cls) {
 }
 
 static bmm_page_t *new_page(size_t cls) {
-  bmm_page_t *page = bmm__arena_page_alloc(&arena_hint, units_for(cls), 1);
+  bmm_page_t *page = bmm__arena_page_alloc(&arena_hint, units_for(cls), 1, true);
   if (page != NULL) bmm__page_init(page, &fake_heap, cls);
   return page;
 }

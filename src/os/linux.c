@@ -109,6 +109,10 @@ bool bmm__os_commit(void *addr, size_t size) {
   return mprotect(addr, size, PROT_READ | PROT_WRITE) == 0;
 }
 
+bool bmm__os_commit_keeps_rights(void) {
+  return !os_is_strict_commit();
+}
+
 bool bmm__os_decommit(void *addr, size_t size, bool lazy) {
   if (os_is_strict_commit()) {
     /* Give the commit charge back too: remap as an inaccessible range. */

@@ -33,6 +33,11 @@ bool bmm__os_release(void *addr, size_t size);
  * writable and pages appear on first touch. */
 bool bmm__os_commit(void *addr, size_t size);
 
+/* True when bmm__os_commit (and a decommit and commit again) leave access
+ * rights as they were: it does nothing. False when it makes the range
+ * readable and writable (strict commit accounting). */
+bool bmm__os_commit_keeps_rights(void);
+
 /* Give the physical memory of a range back; the range stays reserved, and
  * after bmm__os_commit reads give zeroes (or, with `lazy`, possibly the old
  * contents: MADV_FREE lets the kernel take them back only under pressure). */
