@@ -584,13 +584,21 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
 
 /* ---- Resizing ------------------------------------------------------------ */
 
+/* Moving pages by remapping leaves a hole, mapped again as reserved
+ * memory: with strict commit accounting that is inaccessible, though the
+ * arena counts it committed (a later write there faulted). Remap only
+ * where commit is a no-op; copy otherwise. */
+static bool remap_ok(void) {
+  return bmm__os_commit_keeps_rights();
+}
+
 /* Move `bytes` of data from src down to dst (dst < src, both page
  * aligned). Big blocks move by remapping chunks of (src - dst) bytes, each
  * into the hole the previous one left, when that takes few system calls;
  * the last hole is mapped afresh. Otherwise memmove. */
 static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
   size_t shift = (size_t)(src - dst);
-  if (bytes >= ((size_t)1 << 20) && bytes / shift <= 64) {
+  if (bytes >= ((size_t)1 << 20) && bytes / shift <= 64 && remap_ok()) {
     size_t off = 0;
     while (off < bytes) {
       size_t chunk = bytes - off < shift ? bytes - off : shift;
@@ -731,7 +739,7 @@ static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t 
 static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
-  uint8_t *q = bytes >= ((size_t)1 << 20) ? bmm__huge_adopt(p, bytes, size) : NULL;
+  uint8_t *q = bytes >= ((size_t)1 << 20) && remap_ok() ? bmm__huge_adopt(p, bytes, size) : NULL;
   if (q != NULL) {
     bmm__os_rereserve(p, bytes); /* the span's range is a hole now */
   } else {
@@ -799,7 +807,7 @@ void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mo
   }
   if (mode == BMM_RESIZE_REALLOC) {
     size_t keep = old_bytes < bytes ? old_bytes : bytes;
-    if (keep >= ((size_t)1 << 20) && bmm__os_remap(p, keep, keep, n) == n) {
+    if (keep >= ((size_t)1 << 20) && remap_ok() && bmm__os_remap(p, keep, keep, n) == n) {
       bmm__os_rereserve(p, keep);
     } else {
       memcpy(n, p, keep);
