@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "track.h"
 
 static _Atomic(size_t) bytes_copied; /* realloc accounting */
 
@@ -598,6 +599,9 @@ static bool remap_ok(void) {
  * the last hole is mapped afresh. Otherwise memmove. */
 static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
   size_t shift = (size_t)(src - dst);
+  /* The pages on the left were free: memory checkers see them as off
+   * limits until the realloc is done (bmm__track_resized). */
+  bmm__track_internal(dst, shift < bytes ? shift : bytes);
   if (bytes >= ((size_t)1 << 20) && bytes / shift <= 64 && remap_ok()) {
     size_t off = 0;
     while (off < bytes) {

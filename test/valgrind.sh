@@ -37,5 +37,9 @@ if echo "$out" | grep -q "Invalid read of size 1" && echo "$out" | grep -q "read
 else
   fail "read past the end under memcheck: $(echo "$out" | head -20)"
 fi
+out=$("${vg[@]}" "$build/test/valgrind_leak" grow_left 2>&1)
+rc=$?
+[ $rc -eq 0 ] && pass "a large block grown in place to the left: memcheck clean" ||
+  fail "grow left under memcheck: exit $rc: $(echo "$out" | head -20)"
 rm -f /tmp/bmm_vg_stress.$$ /tmp/bmm_vg_contract.$$
 finish

@@ -5,10 +5,14 @@
  * span unit or mapping, whose descriptor records where it starts) are
  * "definitely lost" at exit with its name in their stack, the freed one is
  * not reported, and a read past the end of a block (into a free one, beyond
- * the 16 bytes the allocator keeps accessible) is an invalid read. It calls
- * the bmm_ names: valgrind replaces any function named malloc it can see, a
- * program's own included.
+ * the 16 bytes the allocator keeps accessible) is an invalid read; and a
+ * large block that realloc grows in place to the left (its data moved down
+ * into pages that were free) raises no error. It calls the bmm_ names:
+ * valgrind replaces any function named malloc it can see, a program's own
+ * included.
  */
+#include <string.h>
+
 #include <brainmm.h>
 
 void *volatile sink;
@@ -35,7 +39,21 @@ __attribute__((noinline, visibility("default"))) int read_past_end(void) {
   return x;
 }
 
+/* b between a free span and a live block grows left, in place. */
+static int grow_left(void) {
+  char *a = bmm_malloc(200000), *b = bmm_malloc(200000), *c = bmm_malloc(200000);
+  memset(b, 7, 200000);
+  bmm_free(a);
+  char *q = bmm_realloc(b, 350000); /* c is in the way on the right */
+  int ok = q != NULL && q < b && q[0] == 7 && q[199999] == 7;
+  if (q != NULL) memset(q, 8, 350000);
+  bmm_free(q);
+  bmm_free(c);
+  return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "grow_left") == 0) return grow_left();
   leak_three();
   if (argc > 1) return read_past_end() == 123;
   return 0;
