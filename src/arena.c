@@ -263,7 +263,6 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
   return false;
 }
 
-/* Make claimed units usable; on failure give them back. */
 /* Secure mode keeps the guard of a released one-unit page (its last 4 KiB,
  * PROT_NONE; see bmm__arena_page_free) for the next one-unit page, small
  * or a large block's unit run, which guards the same 4 KiB: two mprotect
@@ -282,6 +281,7 @@ static void arena_claimed_guards(bmm_arena_t *arena, size_t first, size_t units,
   }
 }
 
+/* Make claimed units usable; on failure give them back. */
 static bool arena_commit_claimed(bmm_arena_t *arena, size_t first, size_t units, bool keep_guard) {
   uint8_t *addr = (uint8_t *)arena + first * BMM_UNIT_SIZE;
   if (!bmm__os_commit(addr, units * BMM_UNIT_SIZE)) {
