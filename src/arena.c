@@ -236,7 +236,12 @@ static void arena_release(bmm_arena_t *arena) {
    * drop their pages (they stay mapped: revival reuses them). */
   size_t ps = bmm__os_page_size();
   uintptr_t from = ((uintptr_t)arena->spans + ps - 1) & ~(uintptr_t)(ps - 1);
-  bmm__os_reset((void *)from, (uintptr_t)arena_data(arena) - from);
+  if (!bmm__os_reset((void *)from, (uintptr_t)arena_data(arena) - from)) {
+    /* The descriptors stay as they were: no unit of the fresh mapping a
+     * revival makes has secure mode's guard, whatever a flag says. */
+    for (size_t u = BMM_ARENA_HEADER_UNITS; u < BMM_ARENA_UNITS; u++)
+      if (arena->pages[u].guarded) arena->pages[u].guarded = 0;
+  }
   atomic_fetch_add_explicit(&arena->purged_bytes, dirty * BMM_UNIT_SIZE, memory_order_relaxed);
   atomic_store_explicit(&arena->released, BMM_ARENA_RELEASED, memory_order_release);
   bmm__verbose("released arena", arena->index);
