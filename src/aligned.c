@@ -26,9 +26,9 @@ static inline bool is_pow2(size_t x) {
  * the slow path. */
 static void *secure_aligned_short(size_t size, size_t align) {
   size_t need = (size == 0 ? 1 : size) + BMM_CANARY; /* bmm__class_request's, known secure */
-  size_t want = need < align ? align : (need + align - 1) & ~(align - 1);
+  size_t want = bmm__aligned_want(need, align);
   if (want > 256) return NULL;
-  bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
+  bmm_page_t *page = bmm__heap_tls->queues[bmm__aligned_small_queue(want)].first;
   if (page == NULL || page->free == NULL) return NULL;
   return bmm__secure_pop(page);
 }

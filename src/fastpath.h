@@ -63,17 +63,28 @@ bmm_inline void *bmm__malloc_fast(size_t size) {
   return bmm__malloc_generic(heap, size);
 }
 
+/* The size an aligned request of `size` bytes (or, in secure mode, of
+ * them and the canary) takes: a multiple of align (a power of two). Up to
+ * 256 every multiple of 16 is a class, whose blocks all have it; its
+ * aligned queue is bmm__aligned_small_queue(want). */
+bmm_inline size_t bmm__aligned_want(size_t size, size_t align) {
+  return (size < align ? align : size + align - 1) & ~(align - 1);
+}
+bmm_inline size_t bmm__aligned_small_queue(size_t want) {
+  return BMM_CLASS_COUNT + want / BMM_ALIGN - 1;
+}
+
 /* The aligned fast path, for align a power of two in (16, 256] and blocks
  * of at most 256 bytes: every multiple of 16 up to 256 is a class, so the
  * class of max(size, align) rounded up to align is found without a search,
  * and all its blocks are aligned. Pops from the aligned queue of that
  * class. NULL means "take the slow path"; errno is not touched. */
 bmm_inline void *bmm__malloc_aligned_fast(size_t size, size_t align) {
-  size_t want = (size < align ? align : size + align - 1) & ~(align - 1);
+  size_t want = bmm__aligned_want(size, align);
   /* bmm__all_slow: every allocation takes the slow path. The one inline
    * path that pays a test for it (a load that stays cached). */
   if (bmm_unlikely(want > 256 || size > 256 || bmm__all_slow)) return NULL;
-  bmm_page_t *page = bmm__heap_tls->queues[BMM_CLASS_COUNT + want / BMM_ALIGN - 1].first;
+  bmm_page_t *page = bmm__heap_tls->queues[bmm__aligned_small_queue(want)].first;
   if (bmm_unlikely(page == NULL)) return NULL;
   bmm_block_t *block = page->free;
   if (bmm_unlikely(block == NULL)) return NULL;
