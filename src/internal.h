@@ -195,6 +195,7 @@ bool bmm__arena_check_all(void);
 /* ---- page.c ---------------------------------------------------------- */
 void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls);
 void bmm__page_extend(bmm_page_t *page);
+uint32_t bmm__page_free_count(const bmm_page_t *page, uint32_t most);
 uint32_t bmm__page_popped(const bmm_page_t *page);
 void bmm__page_collect(bmm_page_t *page);
 size_t bmm__page_take_thread_free(bmm_page_t *page);

@@ -189,10 +189,7 @@ void bmm__leak_on_alloc(bmm_theap_t *heap, bmm_page_t *page, size_t qi, void *bl
   if (heap->leak_left > 0 || heap->leak_page != NULL) return;
   heap->leak_left += (int64_t)sample_bytes;
   if (heap->leak_left <= 0) heap->leak_left = (int64_t)sample_bytes;
-  size_t n = 0;
-  for (bmm_block_t *b = page->free; b != NULL && n < BMM_UNIT_SIZE / BMM_ALIGN;
-       b = bmm__next(page, b))
-    n++;
+  size_t n = bmm__page_free_count(page, BMM_UNIT_SIZE / BMM_ALIGN);
   heap->leak_rng = hash_ptr(heap->leak_rng + 0x9e3779b97f4a7c15ull + (uintptr_t)block);
   size_t k = heap->leak_rng % (n + 1); /* 0: this call; k: the k-th from now */
   if (k == 0) {

@@ -130,15 +130,21 @@ void bmm__page_collect(bmm_page_t *page) {
   }
 }
 
+/* Blocks on the page's free list, counting up to `most` at most. The
+ * page's owner calls this. */
+uint32_t bmm__page_free_count(const bmm_page_t *page, uint32_t most) {
+  uint32_t listed = 0;
+  for (const bmm_block_t *b = page->free; b != NULL && listed < most; listed++)
+    b = bmm__next(page, b);
+  return listed;
+}
+
 /* Blocks the page's free list handed out since its `installed` count was
  * last taken: those put on it less those still there. Only pops take
  * blocks off the list, so it holds at most `installed` of them: the walk
- * is that long at most. The page's owner calls this. */
+ * is that long at most. */
 uint32_t bmm__page_popped(const bmm_page_t *page) {
-  uint32_t listed = 0;
-  for (const bmm_block_t *b = page->free; b != NULL && listed < page->installed; listed++)
-    b = bmm__next(page, b);
-  return page->installed - listed;
+  return page->installed - bmm__page_free_count(page, page->installed);
 }
 
 /* Move the page's delayed-free state to `to`, but only if it is now one of
