@@ -413,9 +413,9 @@ static inline void heap_count_live(bmm_theap_t *heap, bmm_page_t *page) {
 }
 
 /* The slow path of malloc: find a page of queue `qi` (its class, plain or
- * aligned) with a free block, collecting frees as it goes, moving exhausted
- * pages to the full queue, then adopting abandoned pages, then claiming a
- * fresh page. */
+ * aligned) with a free block, collecting frees as it goes and parking
+ * exhausted pages (orphans, or a view's full queue), then adopting
+ * abandoned pages, then claiming a fresh page. */
 bmm_page_t *bmm__heap_find_page(bmm_theap_t *heap, size_t qi) {
   /* The heartbeat: the split free lists bring every thread here at least
    * once per page's worth of allocations, so the hook runs regularly. */
