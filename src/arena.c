@@ -275,6 +275,9 @@ static bool arena_claim(bmm_arena_t *arena, size_t units, size_t align_units, si
  * with `keep_guard` false, or of several units, gets its units whole: any
  * guard in them comes down. */
 static void arena_claimed_guards(bmm_arena_t *arena, size_t first, size_t units, bool keep_guard) {
+  /* Only secure mode guards pages: without it, no descriptor to visit
+   * (a 16 MiB span claims 256 units). */
+  if (!bmm__secure) return;
   bool kept = bmm__os_commit_keeps_rights(); /* else commit made the units read-write */
   for (size_t u = first; u < first + units; u++) {
     bmm_page_t *page = &arena->pages[u];
@@ -312,13 +315,13 @@ bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit) {
   return !(atomic_load_explicit(&arena->used[unit >> 6], memory_order_relaxed) >> (unit & 63) & 1);
 }
 
-/* Claim `units` units aligned to `align_units` from any arena, preferring
- * *arena_hint, and return the descriptor of the run's first unit with
- * first_delta, units and start set; the caller sets the rest. With
+/* Claim and commit `units` units aligned to `align_units` from any arena,
+ * preferring *arena_hint; the descriptor of the run's first unit, none of
+ * whose fields is set (the caller owns the run's descriptors). With
  * `keep_guard`, a single unit may come with secure mode's guard over its
  * last 4 KiB still up (page->guarded set). */
-bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units,
-                                  bool keep_guard) {
+bmm_page_t *bmm__arena_units_alloc(uint32_t *arena_hint, size_t units, size_t align_units,
+                                   bool keep_guard) {
   if (units == 0 || units > BMM_ARENA_UNITS - BMM_ARENA_HEADER_UNITS) return NULL;
   bmm__arena_purge_due();
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
@@ -340,12 +343,22 @@ bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t ali
     }
     if (!arena_commit_claimed(arena, first, units, keep_guard)) return NULL;
     *arena_hint = arena->index;
-    bmm_page_t *page = &arena->pages[first];
-    for (size_t i = 0; i < units; i++) page[i].first_delta = i * sizeof(bmm_page_t);
-    page->units = (uint32_t)units;
-    bmm__page_set_start(page, (uint8_t *)arena + first * BMM_UNIT_SIZE);
-    return page;
+    return &arena->pages[first];
   }
+}
+
+/* bmm__arena_units_alloc for one page of `units` units: the descriptor of
+ * its first unit with first_delta, units and start set (every unit's
+ * first_delta leads back to it); the caller sets the rest. */
+bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units,
+                                  bool keep_guard) {
+  bmm_page_t *page = bmm__arena_units_alloc(arena_hint, units, align_units, keep_guard);
+  if (page == NULL) return NULL;
+  for (size_t i = 0; i < units; i++) page[i].first_delta = i * sizeof(bmm_page_t);
+  page->units = (uint32_t)units;
+  bmm_arena_t *arena = bmm__arena_of_page(page);
+  bmm__page_set_start(page, (uint8_t *)arena + (size_t)(page - arena->pages) * BMM_UNIT_SIZE);
+  return page;
 }
 
 /* Give back units whose descriptors the caller has reset to FREE. No
@@ -497,6 +510,9 @@ static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units)
     arena_purge(arena, false);
     return;
   }
+  /* A deadline already set stays (the sweep takes these units with it):
+   * no clock read on every free of a large block. */
+  if (atomic_load_explicit(&arena->purge_deadline, memory_order_relaxed) != 0) return;
   int64_t deadline = bmm__os_now_ms() + delay, none = 0;
   if (atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &none, deadline,
                                               memory_order_relaxed, memory_order_relaxed))

@@ -166,6 +166,8 @@ bmm_inline bmm_arena_t *bmm__arena_of_page(const bmm_page_t *page) {
 }
 
 /* arena.c: claims runs of units for pages and large blocks, lock-free. */
+bmm_page_t *bmm__arena_units_alloc(uint32_t *arena_hint, size_t units, size_t align_units,
+                                   bool keep_guard);
 bmm_page_t *bmm__arena_page_alloc(uint32_t *arena_hint, size_t units, size_t align_units,
                                   bool keep_guard);
 void bmm__arena_page_free(bmm_page_t *page);

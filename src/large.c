@@ -241,7 +241,8 @@ static void *span_take(size_t n) {
   /* No free span fits: carve fresh units. */
   size_t units = (n + BMM_UNIT_PAGES - 1) / BMM_UNIT_PAGES;
   uint32_t hint = heap->arena_hint;
-  bmm_page_t *first = bmm__arena_page_alloc(&hint, units, 1, false); /* spans: whole units */
+  /* Whole units; units_to_spans sets each one's descriptor. */
+  bmm_page_t *first = bmm__arena_units_alloc(&hint, units, 1, false);
   if (first == NULL) return NULL;
   if (heap != &bmm__heap_empty) heap->arena_hint = hint;
   bmm_arena_t *a = bmm__arena_of_page(first);
