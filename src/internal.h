@@ -227,8 +227,13 @@ extern bool bmm__secure_fast;
  * recorded. Bit 0 is in_full (heap.c). */
 #define BMM_TID_SLOW ((uintptr_t)2)
 #define BMM_TID_FLAGS ((uintptr_t)3)
-/* Bytes after each small block's usable size that hold its canary. */
-#define BMM_CANARY 16
+/* Bytes after each small block's usable size that hold its canary. One
+ * keyed word is as hard to forge as two, and a 16-byte canary moved many
+ * requests up a size class (Python's 56-byte objects to 80 bytes, not 64):
+ * secure python3 with PYTHONMALLOC=malloc ran 8% faster in 13% less
+ * memory with 8. In a 16-byte block it shares the mark's word: a live
+ * block has the canary there, a free one the mark. */
+#define BMM_CANARY 8
 
 bmm_block_t *bmm__secure_next(const bmm_page_t *page, const bmm_block_t *b);
 void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next);

@@ -11,7 +11,7 @@
  *   - a mark word in every free block (second word, keyed): a free that
  *     finds it is a double free; an allocation that does not find it saw a
  *     write after free; secure=2 also fills and checks the whole block;
- *   - a 16-byte canary after the usable size, written when the block is
+ *   - an 8-byte canary after the usable size, written when the block is
  *     handed out and checked when it is freed (overflows past the end);
  *   - blocks carved onto the free list in random order;
  *   - the last 4 KiB of every page, and a page after every large block,
@@ -201,7 +201,7 @@ void *bmm__secure_pop(bmm_page_t *page) {
     bmm__error_block(b, "malloc", "a freed block was written to (use after free)", bs);
   w[0] = w[1] = 0; /* no link or mark leaks to the program */
   uint64_t *c = (uint64_t *)((uint8_t *)b + bs - BMM_CANARY);
-  c[0] = c[1] = canary(page, b);
+  *c = canary(page, b);
   page->used++;
   bmm__track_alloc(b, bs - BMM_CANARY);
   return b;
@@ -225,7 +225,7 @@ bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call) {
   }
   uint64_t *c = (uint64_t *)((uint8_t *)p + bs - BMM_CANARY);
   uint64_t want = canary(page, p);
-  if (bmm_unlikely(c[0] != want || c[1] != want))
+  if (bmm_unlikely(*c != want))
     bmm__error_block(p, call, "heap buffer overflow: the canary after the block was overwritten",
                      bs);
   mark_free(page, p);
@@ -263,7 +263,7 @@ void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
     const uint64_t *w = p;
     const uint64_t *c = (const uint64_t *)((const uint8_t *)p + page->block_size - BMM_CANARY);
     uint64_t want = canary(page, p);
-    if (bmm_likely(w[1] != free_mark(page, p) && ((c[0] ^ want) | (c[1] ^ want)) == 0)) {
+    if (bmm_likely(w[1] != free_mark(page, p) && *c == want)) {
       mark_free(page, p);
       bmm__free_local(page, p);
       return;

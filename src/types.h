@@ -295,7 +295,7 @@ struct bmm_theap_s {
   uint32_t leak_qi;
   bool leak_record_next;
   /* Secure mode's (bmm__secure_fast) own direct table, by the request with
-   * its canary: (size+16+15)/16 -> page, NULL for none. `direct` stays
+   * its canary: (size+BMM_CANARY+15)/16 -> page, NULL for none. `direct` stays
    * empty then, so that the inline fast path never pops a secure list.
    * Kept away from the fields the default mode's fast paths and page
    * queues use, which stay where they were (micro fixed 64 measured 5%

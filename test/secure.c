@@ -682,7 +682,7 @@ static void check_random_order(void) {
   enum { N = 64 };
   uintptr_t v[N];
   size_t ascending = 0;
-  /* 192 bytes + the 16-byte canary: the 208-byte class. */
+  /* 192 bytes + the canary: the 208-byte class. */
   for (int i = 0; i < N; i++) {
     v[i] = (uintptr_t)bmm_malloc(192);
     CHECK(v[i] != 0);
