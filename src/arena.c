@@ -901,13 +901,16 @@ void bmm__huge_free(bmm_page_t *page) {
  * alignment of 256 MiB .. 1 GiB and up) cannot keep a header in their own
  * region: they are exact mappings (reserved with alignment, trimmed, so no
  * address space is stranded), marked BMM_REGION_BLOCK in the region map and
- * listed here. Rare and huge, so a small table under a spin lock. */
-#define BMM_REGION_BLOCKS 256
+ * listed here. Rare and huge, so a small table under a spin lock. They have
+ * no descriptor for a first-class heap to link: each entry names the heap
+ * it belongs to instead (its id, never reused; 0: the default heap), which
+ * finds its blocks here to visit or destroy them. */
 static struct {
   uintptr_t base;
-  size_t size;   /* usable bytes */
-  size_t mapped; /* the mapping: size and a guard page in secure mode */
+  size_t size;    /* usable bytes */
+  size_t mapped;  /* the mapping: size and a guard page in secure mode */
   size_t align;
+  uint64_t owner; /* a first-class heap's id, or 0 */
 } region_blocks[BMM_REGION_BLOCKS];
 static atomic_int region_blocks_lock;
 
@@ -920,8 +923,8 @@ static void region_blocks_release(void) {
 }
 
 /* `guard`: secure mode's inaccessible page after the block (without it if
- * the kernel refuses: the block is good all the same). */
-void *bmm__region_block_alloc(size_t size, size_t align, bool guard) {
+ * the kernel refuses: the block is good all the same). `owner`: see above. */
+void *bmm__region_block_alloc(size_t size, size_t align, bool guard, uint64_t owner) {
   size_t ps = bmm__os_page_size();
   if (align < BMM_REGION_SIZE) align = BMM_REGION_SIZE;
   if (size > SIZE_MAX - align - 2 * ps) return NULL;
@@ -942,6 +945,7 @@ void *bmm__region_block_alloc(size_t size, size_t align, bool guard) {
   region_blocks[i].size = size;
   region_blocks[i].mapped = mapped;
   region_blocks[i].align = align;
+  region_blocks[i].owner = owner;
   region_map_set(p, BMM_REGION_BLOCK);
   region_blocks_release();
   atomic_fetch_add_explicit(&huge_bytes, mapped, memory_order_relaxed);
@@ -965,6 +969,22 @@ size_t bmm__region_block_size(const void *p, size_t *align) {
   }
   region_blocks_release();
   return size;
+}
+
+/* The live region blocks of `owner` (at most max: there are at most
+ * BMM_REGION_BLOCKS): their starts in out[], usable sizes in sizes[]; how
+ * many. A snapshot: any of them may be freed once the lock is dropped. */
+size_t bmm__region_blocks_owned(uint64_t owner, void **out, size_t *sizes, size_t max) {
+  size_t n = 0;
+  region_blocks_acquire();
+  for (size_t i = 0; i < BMM_REGION_BLOCKS && n < max; i++) {
+    if (region_blocks[i].base != 0 && region_blocks[i].owner == owner) {
+      out[n] = (void *)region_blocks[i].base;
+      sizes[n++] = region_blocks[i].size;
+    }
+  }
+  region_blocks_release();
+  return n;
 }
 
 /* Free the region block starting at p; false if there is none. The region

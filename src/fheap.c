@@ -10,9 +10,11 @@
  * heap's id; ids are never reused, so a destroyed heap's entries never
  * match again. Large blocks (above 64 KiB) are unit runs or huge regions
  * whose descriptors the heap links in a list under its lock (they are not
- * spans: a span has no descriptor of its own to link). Destroying a heap
- * gives every page of every view and every large block back: time linear
- * in pages, none spent on small blocks.
+ * spans: a span has no descriptor of its own to link); blocks aligned to
+ * more than half a region have no descriptor either: arena.c's table of
+ * region blocks names their heap. Destroying a heap gives every page of
+ * every view and every large block back: time linear in pages, none spent
+ * on small blocks.
  *
  * A fixed heap is a header at the start of the caller's memory followed by
  * fixed.c's allocator on the rest; it takes fixed.c's lock on every call.
@@ -92,6 +94,11 @@ static void *heap_large_alloc(bmm_heap_t *heap, bmm_theap_t *view, size_t size, 
   if (bmm_unlikely(size > PTRDIFF_MAX)) {
     errno = ENOMEM;
     return NULL;
+  }
+  if (align > BMM_HUGE_ALIGN_MAX) { /* no descriptor: the table knows the heap */
+    void *p = bmm__region_block_alloc(size, align, bmm__secure != 0, heap->id);
+    if (p == NULL) errno = ENOMEM;
+    return bmm__large_handed_out(p, size);
   }
   bool huge = size > BMM_LARGE_MAX || align > BMM_LARGE_MAX;
   void *p = huge ? bmm__huge_alloc(size, align) : bmm__large_unit_run(size, align);
@@ -258,7 +265,11 @@ static bool forget_block(const void *block, size_t usable, void *arg) {
   (void)usable;
   (void)arg;
   bmm__track_free_large((void *)block); /* valgrind: every block goes */
-  bmm_page_t *page = bmm__page_of_ours(block);
+  bmm_page_t *page = bmm__page_of(block);
+  if (page == NULL) { /* a region block */
+    if (bmm__leak) bmm__leak_forget((void *)block, NULL);
+    return true;
+  }
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
   bool small = kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM;
   if (bmm__leak && (!small || bmm__leak_check_free(page, block)))
@@ -302,6 +313,14 @@ BMM_API void bmm_heap_destroy(bmm_heap_t *heap) {
       bmm__huge_free(page);
     page = next;
   }
+  /* Region blocks: the table lists them (a free meanwhile finds the entry
+   * gone, and so does this). */
+  void *blocks[16];
+  size_t sizes[16], n;
+  while ((n = bmm__region_blocks_owned(heap->id, blocks, sizes, 16)) != 0) {
+    for (size_t i = 0; i < n; i++)
+      if (bmm__region_block_free(blocks[i])) bmm__stats_large(sizes[i], false);
+  }
   bmm__arena_purge_marked();
   bmm_free(heap);
 }
@@ -315,5 +334,10 @@ BMM_API bool bmm_heap_visit(bmm_heap_t *heap, bmm_visit_fn *fn, void *arg) {
     if (!bmm__heap_view_visit(view, fn, arg)) return false;
   for (bmm_page_t *page = heap->large; page != NULL; page = page->next)
     if (!fn(bmm__page_start(page), page->block_size, arg)) return false;
+  void *blocks[BMM_REGION_BLOCKS];
+  size_t sizes[BMM_REGION_BLOCKS];
+  size_t n = bmm__region_blocks_owned(heap->id, blocks, sizes, BMM_REGION_BLOCKS);
+  for (size_t i = 0; i < n; i++)
+    if (!fn(blocks[i], sizes[i], arg)) return false;
   return true;
 }

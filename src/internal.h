@@ -181,8 +181,14 @@ void bmm__arena_fork_release(void);
 void *bmm__huge_alloc(size_t size, size_t align);
 void *bmm__huge_resize(bmm_page_t *page, size_t size, bool may_move);
 void *bmm__huge_adopt(void *data, size_t have, size_t size);
-void *bmm__region_block_alloc(size_t size, size_t align, bool guard);
+/* Alignments a huge region's header leaves room for (see huge_offset in
+ * arena.c); above, a block is a region block: an exact mapping of its own. */
+#define BMM_HUGE_ALIGN_MAX (BMM_REGION_SIZE / 2)
+/* Region blocks live at once, all heaps together (arena.c's table). */
+#define BMM_REGION_BLOCKS 256
+void *bmm__region_block_alloc(size_t size, size_t align, bool guard, uint64_t owner);
 size_t bmm__region_block_size(const void *p, size_t *align);
+size_t bmm__region_blocks_owned(uint64_t owner, void **out, size_t *sizes, size_t max);
 bool bmm__region_block_free(void *p);
 void bmm__huge_free(bmm_page_t *page);
 void bmm__arena_purge_all(void);

@@ -461,10 +461,6 @@ void *bmm__large_unit_run(size_t size, size_t align) {
   return bmm__page_start(page);
 }
 
-/* Alignments a huge region's header leaves room for (see huge_offset in
- * arena.c); above, a block gets an exact mapping of its own. */
-#define BMM_HUGE_ALIGN_MAX (BMM_REGION_SIZE / 2)
-
 void *bmm__large_alloc(size_t size, size_t align) {
   if (bmm_unlikely(size > PTRDIFF_MAX)) {
     errno = ENOMEM;
@@ -473,7 +469,7 @@ void *bmm__large_alloc(size_t size, size_t align) {
   bmm__arena_purge_due(); /* a free span may serve this: no arena call */
   void *p;
   if (align > BMM_HUGE_ALIGN_MAX) {
-    p = bmm__region_block_alloc(size, align, bmm__secure != 0);
+    p = bmm__region_block_alloc(size, align, bmm__secure != 0, 0);
   } else if (size > BMM_LARGE_MAX || align > BMM_LARGE_MAX) {
     p = bmm__huge_alloc(size, align);
   } else if (align > BMM_SPAN_PAGE) {

@@ -36,6 +36,11 @@
  *   reuse        a thread that allocated from a heap stays alive while the
  *                heap is destroyed and a new one (maybe at the same address)
  *                is created: its allocations go to the new heap
+ *   region_align blocks aligned to 128 MiB, 256 MiB and 1 GiB (the last two
+ *                are region blocks, with no descriptor to link): visited,
+ *                kept aligned by bmm_heap_realloc, freed with free, and
+ *                given back by destroy; another heap's and the default
+ *                heap's such blocks stay
  * Every case ends with bmm_heap_check(). Each runs in a child process so an
  * abort in one does not hide the others; `heaps CASE` runs one case in this
  * process instead (for a debugger).
@@ -1068,6 +1073,51 @@ static void test_reuse(void) {
   CHECK(bmm_heap_check());
 }
 
+static void test_region_align(void) {
+  bmm_heap_t *h = bmm_heap_new(), *other = bmm_heap_new();
+  if (!CHECK(h != NULL && other != NULL)) return;
+  static const size_t aligns[] = {(size_t)128 << 20, (size_t)256 << 20, (size_t)1 << 30};
+  blk_t b[3], o = {NULL, 5000, (size_t)256 << 20, 40};
+  size_t got = 0;
+  for (size_t i = 0; i < 3; i++) {
+    b[i] = (blk_t){NULL, 1000 + i, aligns[i], 30 + i};
+    got += CHECK(blk_alloc(h, &b[i]));
+  }
+  CHECK(blk_alloc(other, &o));
+  void *mine = bmm_malloc_aligned(3000, (size_t)256 << 20); /* the default heap's */
+  CHECK(mine != NULL && aligned_to(mine, (size_t)256 << 20));
+  if (got == 3) {
+    visit_exact(h, b, 3, "region aligned");
+    visit_exact(other, &o, 1, "the other heap's region block");
+    /* Grown past its usable size: it moves within the heap, aligned. */
+    size_t grow = bmm_usable_size(b[1].p) + 1;
+    void *q = bmm_heap_realloc(h, b[1].p, grow);
+    CHECK(q != NULL && aligned_to(q, aligns[1]));
+    if (q != NULL) {
+      CHECK(pat_prefix_ok(q, b[1].size, b[1].size, b[1].seed));
+      b[1].p = q;
+      b[1].size = grow;
+      pat_fill(q, grow, b[1].seed);
+    }
+    visit_exact(h, b, 3, "region aligned, after bmm_heap_realloc");
+    bmm_free(b[0].p);
+    b[0].p = NULL;
+    visit_exact(h, b, 3, "region aligned, one freed");
+    CHECK(blk_ok(&b[1]) && blk_ok(&b[2]));
+  }
+  bmm_heap_destroy(h);
+  /* Destroy gave the heap's region blocks back (they are no block now),
+   * and left the others'. */
+  for (size_t i = 1; i < 3; i++)
+    if (b[i].p != NULL) CHECK_EQ_SZ(bmm_usable_size(b[i].p), 0);
+  CHECK(blk_ok(&o));
+  visit_exact(other, &o, 1, "the other heap's region block, after destroy");
+  CHECK(mine != NULL && bmm_usable_size(mine) >= 3000);
+  bmm_free(mine);
+  bmm_heap_destroy(other);
+  CHECK(bmm_heap_check());
+}
+
 /* ---- Running the cases ----------------------------------------------------- */
 
 static const check_case_t cases[] = {
@@ -1080,6 +1130,7 @@ static const check_case_t cases[] = {
     {"rss", test_rss},
     {"thread_exit", test_thread_exit},
     {"reuse", test_reuse},
+    {"region_align", test_region_align},
 };
 
 int main(int argc, char **argv) {
