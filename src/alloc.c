@@ -21,15 +21,18 @@ void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi) {
   if (atomic_load_explicit(&heap->delayed_free, memory_order_relaxed) != NULL)
     bmm__heap_process_delayed(heap);
   bmm_page_t *page = heap->queues[qi].first;
-  if (page == NULL || page->free == NULL) {
-    page = bmm__heap_find_page(heap, qi);
-    if (bmm_unlikely(page == NULL)) {
-      errno = ENOMEM;
-      return NULL;
+  void *block;
+  do { /* secure mode drops a block written while free: then another one */
+    if (page == NULL || page->free == NULL) {
+      page = bmm__heap_find_page(heap, qi);
+      if (bmm_unlikely(page == NULL)) {
+        errno = ENOMEM;
+        return NULL;
+      }
     }
-  }
-  bmm_assert_expensive(bmm__page_is_valid(page));
-  void *block = bmm__secure ? bmm__secure_pop(page) : bmm__page_pop(page, page->free);
+    bmm_assert_expensive(bmm__page_is_valid(page));
+    block = bmm__secure ? bmm__secure_pop(page) : bmm__page_pop(page, page->free);
+  } while (bmm_unlikely(block == NULL));
   if (bmm_unlikely(bmm__leak)) bmm__leak_on_alloc(heap, page, qi, block);
   return block;
 }
@@ -71,7 +74,10 @@ bmm_noinline void *bmm__malloc_generic(bmm_theap_t *heap, size_t size) {
     size_t need = (size == 0 ? 1 : size) + BMM_CANARY; /* bmm__class_request's, known secure */
     bmm_page_t *page = need <= BMM_SMALL_MAX ? heap->sdirect[(need + BMM_ALIGN - 1) / BMM_ALIGN]
                                              : heap->queues[bmm__class_of(need)].first;
-    if (bmm_likely(page != NULL && page->free != NULL)) return bmm__secure_pop(page);
+    if (bmm_likely(page != NULL && page->free != NULL)) {
+      void *p = bmm__secure_pop(page);
+      if (bmm_likely(p != NULL)) return p; /* else the block was dropped */
+    }
   }
   return malloc_slow(heap, size);
 }

@@ -400,7 +400,8 @@ void bmm__arena_page_free(bmm_page_t *page) {
   if (page->guarded && units != 1) bmm__secure_unguard(page);
   bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
-  page->used = page->capacity = page->reserved = 0;
+  page->used = page->reserved = 0;
+  __atomic_store_n(&page->capacity, 0, __ATOMIC_RELAXED); /* see bmm__is_carved_block */
   page->block_size = 0;
   page->in_full = 0;
   atomic_store_explicit(&page->thread_free, 0, memory_order_relaxed);

@@ -107,9 +107,19 @@ bmm_inline int bmm__posix_memalign_fast(void **out, size_t align, size_t size) {
 
 /* True if p is the start of a block of small/medium `page`, the page
  * bmm__page_of(p) found: p lies in its units then, and the block index
- * alone tells (as in the free fast path). */
+ * alone tells. */
 bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
   return bmm__page_block_index(page, p) < page->reserved;
+}
+
+/* The same, and p is among the blocks carved so far: one that was ever
+ * handed out. A free of a block past them (never allocated) would put it
+ * on a list while the page carves it again later: the same block twice.
+ * Any thread may ask: capacity only grows while the page has a block in
+ * use, and the owner raised it before the block could reach anyone. */
+bmm_inline bool bmm__is_carved_block(const bmm_page_t *page, const void *p) {
+  return bmm__page_block_index(page, p) <
+         __atomic_load_n(&page->capacity, __ATOMIC_RELAXED);
 }
 
 /* What realloc allocates to move a block of `usable` bytes to `size`: a
@@ -185,10 +195,11 @@ bmm_inline void bmm__free_local(bmm_page_t *page, void *p) {
 /* The fast path takes a block of a page this thread owns and that is not
  * full: page->tid equals our id exactly only then (a full page has bit 0
  * set, see page_set_full in heap.c). It also checks that p starts a block
- * (three arithmetic instructions, see bmm__page_block_index): an interior
- * pointer pushed on a free list would hand the same bytes out twice; and
- * that it is not marked free (a double free, which the slow path confirms
- * and reports). */
+ * the page has carved (three arithmetic instructions, see
+ * bmm__page_block_index, and the owner's capacity): an interior pointer,
+ * or a block never handed out, pushed on a free list would hand the same
+ * bytes out twice; and that it is not marked free (a double free, which
+ * the slow path confirms and reports). */
 bmm_inline void bmm__free_fast(void *p, const char *call) {
   if (bmm_unlikely(!bmm__is_ours(p))) { /* NULL, foreign */
     bmm__free_generic(p, NULL, call);
@@ -196,7 +207,7 @@ bmm_inline void bmm__free_fast(void *p, const char *call) {
   }
   bmm_page_t *page = bmm__page_of_ours(p);
   if (bmm_likely(atomic_load_explicit(&page->tid, memory_order_relaxed) == bmm__os_thread_id() &&
-                 bmm__page_block_index(page, p) < page->reserved &&
+                 bmm__page_block_index(page, p) < page->capacity &&
                  !bmm__is_marked_free(page, p))) {
     if (bmm_unlikely(bmm__push_local(page, p, false)))
       bmm__heap_page_unfull_or_retire(

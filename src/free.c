@@ -127,6 +127,10 @@ bmm_noinline void bmm__free_slow(void *p, bmm_page_t *page, const char *call) {
       free_other(p, call, "pointer into the middle of a block");
       return;
     }
+    if (bmm_unlikely(!bmm__is_carved_block(page, p))) {
+      free_other(p, call, "pointer to a block never allocated");
+      return;
+    }
     if (bmm_unlikely(bmm__secure) && !bmm__secure_free_check(page, p, call)) return;
     if (bmm_unlikely(!bmm__secure && bmm__is_marked_free(page, p)) && marked_block_freed(page, p)) {
       bmm__error_block(p, call, "double free", page->block_size);

@@ -42,7 +42,7 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   page->block_shift = (uint8_t)__builtin_ctzll(bs);
   page->block_inv = odd_inverse((uint32_t)(bs >> page->block_shift));
   page->reserved = (uint32_t)(page->units * BMM_UNIT_SIZE / bs);
-  page->capacity = 0;
+  __atomic_store_n(&page->capacity, 0, __ATOMIC_RELAXED); /* see bmm__is_carved_block */
   page->used = page->live_acct = 0;
   page->free = page->local_free = NULL;
   page->in_full = 0;
@@ -70,7 +70,7 @@ void bmm__page_extend(bmm_page_t *page) {
   page->installed = (uint16_t)(page->installed + n); /* read and reset before it can wrap */
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
-    page->capacity = (uint16_t)(page->capacity + n);
+    __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
     return;
   }
   uint8_t *p = first;
@@ -81,7 +81,7 @@ void bmm__page_extend(bmm_page_t *page) {
   bmm__track_carve(p, bs);
   ((bmm_block_t *)p)->next = page->free;
   page->free = (bmm_block_t *)first;
-  page->capacity = (uint16_t)(page->capacity + n);
+  __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
 }
 
 /* Take the blocks other threads freed into the page; returns how many. */

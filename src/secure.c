@@ -68,6 +68,18 @@ static inline uint64_t canary(const bmm_page_t *page, const void *b) {
   return ~page->key ^ (uintptr_t)b;
 }
 
+/* What a free block above 16 bytes holds in its canary word instead: a
+ * free that finds it there is of a free block whose mark was overwritten
+ * (`free(o); o->field = x; free(o)`), which the mark alone let through.
+ * (In a 16-byte block that word is the mark's.) */
+static inline uint64_t freed_canary(const bmm_page_t *page, const void *b) {
+  return ~canary(page, b);
+}
+
+static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
+  return (uint64_t *)((uint8_t *)b + page->block_size - BMM_CANARY);
+}
+
 static inline bool in_page(const bmm_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)bmm__page_start(page);
   return off < (size_t)page->capacity * page->block_size &&
@@ -145,10 +157,17 @@ void bmm__secure_unguard(bmm_page_t *page) {
   page->guarded = 0;
 }
 
+/* Blocks are multiples of 16 bytes: a 16-byte one is its link and mark
+ * only; a bigger one ends with the freed canary, and what lies between is
+ * filled (fill_freed). */
 static void mark_free(const bmm_page_t *page, void *p) {
   uint64_t *w = p;
-  if (fill_freed)
-    memset(w + 2, zero_on_free ? 0 : BMM_DEBUG_FILL_FREE, page->block_size - 2 * sizeof *w);
+  size_t bs = page->block_size;
+  if (bs > 2 * sizeof *w) {
+    if (fill_freed)
+      memset(w + 2, zero_on_free ? 0 : BMM_DEBUG_FILL_FREE, bs - 2 * sizeof *w - BMM_CANARY);
+    *canary_word(page, p) = freed_canary(page, p);
+  }
   w[1] = free_mark(page, p);
 }
 
@@ -181,8 +200,20 @@ void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n) {
 
 /* ---- Allocation and free -------------------------------------------------- */
 
+/* A block that was written while free (its mark, or at level 2 its
+ * fill, changed) is reported and dropped: never handed out, for it may be
+ * in use already (a double free that got past the checks puts a block on
+ * the list twice). It counts as in use, by nobody: the page keeps it (and
+ * stays) for good, rather than hand out what may be someone's. */
+static bmm_noinline void drop_written(bmm_page_t *page, bmm_block_t *b) {
+  bmm__error_block(b, "malloc", "a freed block was written to (use after free)",
+                   page->block_size);
+  page->used++;
+}
+
 /* Pop the first free block of `page` (which has one), checking that it
- * was not written while free, and arm its canary. */
+ * was not written while free, and arm its canary. NULL when that block
+ * was dropped (see drop_written): the caller takes the slow path. */
 void *bmm__secure_pop(bmm_page_t *page) {
   bmm_block_t *b = page->free;
   uint64_t *w = (uint64_t *)b;
@@ -190,18 +221,19 @@ void *bmm__secure_pop(bmm_page_t *page) {
   bmm__track_internal(b, bs); /* its fill and canary are read and written */
   page->free = next_of(page, b);
   bool intact = w[1] == free_mark(page, b);
-  if (intact && bmm__secure >= 2) {
+  if (intact && bmm__secure >= 2 && bs > 2 * sizeof *w) {
     /* Word by word: blocks are multiples of 16 bytes. */
     uint64_t fill = zero_on_free ? 0 : 0x0101010101010101ull * BMM_DEBUG_FILL_FREE;
-    uint64_t diff = 0;
-    for (size_t i = 2; i < bs / sizeof *w; i++) diff |= w[i] ^ fill;
+    uint64_t diff = *canary_word(page, b) ^ freed_canary(page, b);
+    for (size_t i = 2; i < (bs - BMM_CANARY) / sizeof *w; i++) diff |= w[i] ^ fill;
     intact = diff == 0;
   }
-  if (bmm_unlikely(!intact))
-    bmm__error_block(b, "malloc", "a freed block was written to (use after free)", bs);
+  if (bmm_unlikely(!intact)) {
+    drop_written(page, b);
+    return NULL;
+  }
   w[0] = w[1] = 0; /* no link or mark leaks to the program */
-  uint64_t *c = (uint64_t *)((uint8_t *)b + bs - BMM_CANARY);
-  *c = canary(page, b);
+  *canary_word(page, b) = canary(page, b);
   page->used++;
   bmm__track_alloc(b, bs - BMM_CANARY);
   return b;
@@ -213,21 +245,31 @@ bool bmm__secure_is_marked(const bmm_page_t *page, const void *p) {
   return ((const uint64_t *)p)[1] == free_mark(page, p);
 }
 
-/* Checks a block that is being freed (by any thread): false when it is
- * free already (reported; the caller must not free it again). An
- * overwritten canary is reported, and the block is freed all the same. */
+/* Checks a block that is being freed (by any thread): false when it must
+ * not be freed, reported: free already (its mark, or its freed canary when
+ * a write after free took the mark), or its canary overwritten (an
+ * overflow, or no block that was handed out: its neighbour or contents
+ * may be damaged, so it is left alone, as the report says). */
 bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call) {
   uint64_t *w = p;
   size_t bs = page->block_size;
-  if (bmm_unlikely(w[1] == free_mark(page, p))) {
+  bmm__track_mark_read(p);
+  bool freed = w[1] == free_mark(page, p);
+  uint64_t c = 0;
+  if (!freed) { /* a free block's canary word is off limits to checkers */
+    bmm__track_internal(canary_word(page, p), BMM_CANARY);
+    c = *canary_word(page, p);
+    freed = bs > 2 * sizeof *w && c == freed_canary(page, p);
+  }
+  if (bmm_unlikely(freed)) {
     bmm__error_block(p, call, "double free", bs);
     return false;
   }
-  uint64_t *c = (uint64_t *)((uint8_t *)p + bs - BMM_CANARY);
-  uint64_t want = canary(page, p);
-  if (bmm_unlikely(*c != want))
+  if (bmm_unlikely(c != canary(page, p))) {
     bmm__error_block(p, call, "heap buffer overflow: the canary after the block was overwritten",
                      bs);
+    return false;
+  }
   mark_free(page, p);
   return true;
 }
@@ -250,20 +292,22 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
 
 /* ---- Fast paths ----------------------------------------------------------- */
 /* Secure mode's free (bmm__free_generic sends it every pointer of BrainMM's
- * regions). The common case is handled here: a block of a page the calling
- * thread owns and that is not full (its tid is exactly the heap's,
- * BMM_TID_SLOW included), intact. That skips free_slow's dispatch on the
+ * regions). The common case is handled here: a block the page has carved,
+ * of a page the calling thread owns and that is not full (its tid is
+ * exactly the heap's, BMM_TID_SLOW included), intact. That skips free_slow's dispatch on the
  * page kind: only small and medium pages carry a thread's tid. Anything
  * else (another thread's page, a double free, a broken canary, an interior
  * pointer) goes to bmm__free_slow, which checks and reports it. */
 void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
   if (atomic_load_explicit(&page->tid, memory_order_relaxed) ==
           (bmm__os_thread_id() | BMM_TID_SLOW) &&
-      bmm__page_block_index(page, p) < page->reserved) {
+      bmm__page_block_index(page, p) < page->capacity) {
     const uint64_t *w = p;
-    const uint64_t *c = (const uint64_t *)((const uint8_t *)p + page->block_size - BMM_CANARY);
-    uint64_t want = canary(page, p);
-    if (bmm_likely(w[1] != free_mark(page, p) && *c == want)) {
+    /* The program need not have written the mark's word, and a block
+     * freed already has its canary word off limits to checkers. */
+    bmm__track_mark_read(p);
+    bmm__track_internal(canary_word(page, p), BMM_CANARY);
+    if (bmm_likely(w[1] != free_mark(page, p) && *canary_word(page, p) == canary(page, p))) {
       mark_free(page, p);
       bmm__free_local(page, p);
       return;

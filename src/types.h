@@ -154,7 +154,7 @@ struct bmm_page_s {
   uint8_t align_log;          /* [init] aligned pages: the class's natural alignment, log2 */
   uint8_t guarded;            /* [init] secure mode: the page's last 4 KiB are PROT_NONE */
   _Atomic(uint8_t) sampled;   /* [atomic] leak_sample: live recorded blocks (255: sticky) */
-  uint16_t capacity;          /* [owner] blocks carved so far */
+  uint16_t capacity;          /* [owner] blocks carved so far (stored atomically) */
   uint16_t live_acct;         /* [owner] `used` as last added to the class's live count */
   /* Second cache line. */
   uint32_t units;             /* [init] units the page spans */

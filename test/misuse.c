@@ -4,8 +4,9 @@
  * small, medium or large block, a second free of a large, a small or a
  * medium block (right after the first, after other frees, after another
  * thread freed it, by another thread after the owner freed it, twice by
- * another thread) and a realloc of a freed small or large block or of a
- * pointer into a large one. The
+ * another thread), a free of a block its page never handed out, and a
+ * realloc of a freed small or large block or of a pointer into a large
+ * one. The
  * child must die of SIGABRT after printing exactly one diagnostic line
  * naming the call and the address. Then the same cases run with
  * abort_on_error=0 in one process: each call is reported and ignored, and
@@ -41,6 +42,7 @@ typedef enum {
   DOUBLE_FREE_AFTER_REMOTE,
   DOUBLE_FREE_REMOTE_AFTER_OWNER,
   DOUBLE_FREE_REMOTE_TWICE,
+  FREE_NEVER_ALLOCATED,
   REALLOC_STACK,
   REALLOC_INTERIOR,
   REALLOC_FREED,
@@ -55,12 +57,12 @@ static const char *const case_name[CASE_COUNT] = {
     "double free large",    "double free small",    "double free small, deep",
     "double free medium",   "double free after a remote free",
     "double free by another thread after the owner", "double free twice by another thread",
-    "realloc(stack)",
+    "free(never allocated)", "realloc(stack)",
     "realloc(interior)",    "realloc(freed)", "realloc(freed large)", "realloc(interior large)"};
 static const char *const case_call[CASE_COUNT] = {
     "free(", "free(", "free(", "free(", "free(", "free(", "free(", "free(",
-    "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc(", "realloc(",
-    "realloc("};
+    "free(", "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc(",
+    "realloc(", "realloc("};
 
 static void *free_in_thread(void *p) {
   bmm_free(p);
@@ -144,6 +146,16 @@ static void *do_misuse(misuse_t c) {
     bad = p;
     CHECK(pthread_create(&t, NULL, free_in_thread, bad) == 0);
     CHECK(pthread_join(t, NULL) == 0);
+    break;
+  }
+  case FREE_NEVER_ALLOCATED: {
+    /* A block start in p's page (one 64 KiB unit of 112-byte blocks, 585
+     * of them) far past the few the page has carved: never handed out.
+     * Freeing it would let the page hand it out twice. */
+    char *p = bmm_malloc(100);
+    size_t stride = bmm_usable_size(p);
+    bad = (char *)((uintptr_t)p & ~(uintptr_t)0xffff) + 500 * stride;
+    bmm_free(bad);
     break;
   }
   case REALLOC_FREED:

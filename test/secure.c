@@ -197,6 +197,24 @@ static void write_after_free_mark(void *arg) {
     reuse_blocks[i] = bmm_malloc(64);
 }
 
+/* The mark overwritten after the free (free(o); o->field = x; free(o)):
+ * the freed canary still tells. */
+static void double_free_after_write(void *arg) {
+  size_t size = (uintptr_t)arg;
+  volatile uint64_t *p = bmm_malloc(size);
+  bmm_free((void *)p);
+  p[1] = 0;
+  bmm_free((void *)p);
+}
+
+/* A block start its page never handed out (past the carved ones). */
+static void free_never_allocated(void *arg) {
+  (void)arg;
+  char *p = bmm_malloc(100);
+  size_t stride = bmm_usable_size(p) + 8; /* the block: usable size and canary */
+  bmm_free((char *)((uintptr_t)p & ~(uintptr_t)0xffff) + 400 * stride);
+}
+
 static void write_after_free_link(void *arg) {
   (void)arg;
   volatile unsigned char *p = bmm_malloc(64);
@@ -428,6 +446,12 @@ static void run_misuse_cases(void) {
                "free", "double free", NULL, NULL);
   expect_abort("double free of a 100000-byte block", double_free_same_thread,
                (void *)(uintptr_t)100000, "free", "double free", NULL, NULL);
+  expect_abort("double free after a write to the freed block (64 B)", double_free_after_write,
+               (void *)(uintptr_t)64, "free", "double free", NULL, NULL);
+  expect_abort("double free after a write to the freed block (5000 B)", double_free_after_write,
+               (void *)(uintptr_t)5000, "free", "double free", NULL, NULL);
+  expect_abort("free of a block never allocated", free_never_allocated, NULL, "free",
+               "never allocated", NULL, NULL);
   expect_abort("write after free (mark word)", write_after_free_mark, NULL, "malloc",
                "use after free", "written", NULL);
   expect_abort("write after free (link)", write_after_free_link, NULL, "malloc", "corrupted",
