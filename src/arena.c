@@ -23,6 +23,11 @@ _Atomic(uint8_t) bmm__region_map[BMM_REGION_MAP_SIZE];
 #define BMM_MAX_ARENAS 4096
 static _Atomic(bmm_arena_t *) arena_table[BMM_MAX_ARENAS];
 static atomic_size_t arena_count;
+/* Held while an arena takes its slot and is published, so that fork's
+ * handlers see a fixed set of arenas, every one of them in the table (see
+ * bmm__arena_fork_prepare). Never held with another lock of ours. */
+static atomic_int arena_grow_lock;
+static size_t arenas_forked; /* [fork] arenas whose span locks fork took */
 
 _Static_assert(sizeof(bmm_page_t) == 128, "page descriptors are 128 bytes");
 _Static_assert(BMM_ARENA_HEADER_UNITS < BMM_ARENA_UNITS / 64,
@@ -159,17 +164,20 @@ static bmm_arena_t *arena_new(void) {
   arena->map_size = BMM_REGION_SIZE;
   bits_set(arena->used, 0, BMM_ARENA_HEADER_UNITS);
   atomic_store_explicit(&arena->hint, BMM_ARENA_HEADER_UNITS / 64, memory_order_relaxed);
+  if (bmm__options[BMM_OPTION_HUGE_PAGES])
+    bmm__os_huge_hint((uint8_t *)arena + header, BMM_REGION_SIZE - header, true);
+  bmm__spin_lock(&arena_grow_lock);
   size_t idx = atomic_fetch_add_explicit(&arena_count, 1, memory_order_relaxed);
   if (idx >= BMM_MAX_ARENAS) {
     atomic_fetch_sub_explicit(&arena_count, 1, memory_order_relaxed);
+    bmm__spin_unlock(&arena_grow_lock);
     bmm__os_release(arena, BMM_REGION_SIZE);
     return NULL;
   }
   arena->index = (uint32_t)idx;
-  if (bmm__options[BMM_OPTION_HUGE_PAGES])
-    bmm__os_huge_hint((uint8_t *)arena + header, BMM_REGION_SIZE - header, true);
   region_map_set(arena, BMM_REGION_ARENA);
   atomic_store_explicit(&arena_table[idx], arena, memory_order_release);
+  bmm__spin_unlock(&arena_grow_lock);
   bmm__verbose("reserved arena", idx);
   return arena;
 }
@@ -839,6 +847,13 @@ static bmm_page_t *huge_remap(bmm_page_t *page, size_t bytes, bool may_move) {
     if (bytes < old_bytes || !may_move) return NULL;
     bmm_arena_t *n = bmm__os_reserve_aligned(offset + bytes, BMM_REGION_SIZE, false);
     if (n == NULL) return NULL;
+    /* The header may have to be copied (below): its range must be
+     * writable, which a reservation under strict commit accounting is not.
+     * Settled before any data moves. */
+    if (!bmm__os_commit(n, offset)) {
+      bmm__os_release(n, offset + bytes);
+      return NULL;
+    }
     if (bmm__os_remap(bmm__page_start(page), old_bytes, bytes, (uint8_t *)n + offset) == NULL) {
       bmm__os_release(n, offset + bytes);
       return NULL;
@@ -1053,22 +1068,21 @@ bool bmm__arena_check_all(void) {
  * it taken forever. Take them all before (the huge cache, the region-block
  * registry, every arena's span lock, always in that order), release them
  * after, in parent and child. */
+/* With the grow lock held no arena appears, and every slot below the count
+ * holds its arena: fork locks the span locks of exactly those, and the
+ * release unlocks exactly those (an arena made between the two, whose span
+ * lock another thread held, had it unlocked under it). */
 void bmm__arena_fork_prepare(void) {
+  bmm__spin_lock(&arena_grow_lock);
   huge_cache_acquire();
   region_blocks_acquire();
-  size_t count = bmm__arena_count();
-  for (size_t a = 0; a < count; a++) {
-    bmm_arena_t *arena = arena_at(a);
-    if (arena != NULL) bmm__spin_lock(&arena->span_lock);
-  }
+  arenas_forked = bmm__arena_count();
+  for (size_t a = 0; a < arenas_forked; a++) bmm__spin_lock(&arena_at(a)->span_lock);
 }
 
 void bmm__arena_fork_release(void) {
-  size_t count = bmm__arena_count();
-  for (size_t a = 0; a < count; a++) {
-    bmm_arena_t *arena = arena_at(a);
-    if (arena != NULL) bmm__spin_unlock(&arena->span_lock);
-  }
+  for (size_t a = 0; a < arenas_forked; a++) bmm__spin_unlock(&arena_at(a)->span_lock);
   region_blocks_release();
   huge_cache_release();
+  bmm__spin_unlock(&arena_grow_lock);
 }
