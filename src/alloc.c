@@ -178,6 +178,7 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
     void *q = bmm__large_realloc(p, page, size, mode);
     if (q != NULL) {
       size_t now = bmm_usable_size(q);
+      bmm__stats_large_resized(usable, now);
       if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, now);
       bmm__track_resized(p, usable, q, now);
       return q;

@@ -564,7 +564,15 @@ void bmm__arena_purge_marked(void) {
 /* ---- Accounting -------------------------------------------------------- */
 
 static _Atomic(size_t) huge_bytes;  /* mapped for huge blocks */
+static _Atomic(size_t) huge_cached; /* of it, in the huge-block cache (freed) */
 static _Atomic(size_t) huge_purged; /* returned by freeing huge blocks */
+
+/* No arena, huge block or region block was ever made: nothing has been
+ * allocated (besides the heaps' own structs). */
+bool bmm__arena_untouched(void) {
+  return atomic_load_explicit(&arena_count, memory_order_acquire) == 0 &&
+         atomic_load_explicit(&huge_bytes, memory_order_relaxed) == 0;
+}
 
 static size_t bits_count(_Atomic(uint64_t) *words) {
   size_t n = 0;
@@ -594,7 +602,10 @@ bool bmm__arena_stats(size_t index, bmm_mem_stats_t *out) {
 /* Totals over every arena and huge block. */
 void bmm__mem_stats(bmm_mem_stats_t *out) {
   size_t huge = atomic_load_explicit(&huge_bytes, memory_order_relaxed);
-  out->reserved = out->committed = out->used = huge;
+  out->reserved = out->committed = huge;
+  /* A cached huge block was freed: mapped (and committed) still, not used. */
+  size_t cached = atomic_load_explicit(&huge_cached, memory_order_relaxed);
+  out->used = huge > cached ? huge - cached : 0;
   out->purged = atomic_load_explicit(&huge_purged, memory_order_relaxed);
   bmm_mem_stats_t a;
   size_t count = atomic_load_explicit(&arena_count, memory_order_acquire);
@@ -658,6 +669,7 @@ static bool huge_cache_put(bmm_arena_t *h) {
       huge_cache[i].h = h;
       huge_cache[i].expires = expires;
       atomic_fetch_add_explicit(&huge_cache_count, 1, memory_order_relaxed);
+      atomic_fetch_add_explicit(&huge_cached, h->map_size, memory_order_relaxed);
       kept = true;
     }
   }
@@ -705,6 +717,7 @@ static bmm_arena_t *huge_cache_take(size_t offset, size_t total) {
     h = huge_cache[best].h;
     huge_cache[best].h = NULL;
     atomic_fetch_sub_explicit(&huge_cache_count, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&huge_cached, h->map_size, memory_order_relaxed);
   }
   huge_cache_release();
   if (h == NULL) return NULL;
@@ -729,6 +742,7 @@ static void huge_cache_expire(int64_t now) {
   for (size_t i = 0; i < BMM_HUGE_CACHE; i++) {
     if (huge_cache[i].h != NULL && (now < 0 || huge_cache[i].expires <= now)) {
       drop[n++] = huge_cache[i].h;
+      atomic_fetch_sub_explicit(&huge_cached, huge_cache[i].h->map_size, memory_order_relaxed);
       huge_cache[i].h = NULL;
       atomic_fetch_sub_explicit(&huge_cache_count, 1, memory_order_relaxed);
     }

@@ -53,12 +53,9 @@ void bmm__process_init(void) {
   atomic_store_explicit(&init_thread, self, memory_order_relaxed);
   bmm__os_page_size();
   bmm__os_process_info_start();
-  options_seen_env = bmm__os_getenv("PATH") != NULL || bmm__os_getenv("HOME") != NULL;
+  options_seen_env = bmm__os_env_ready();
   bmm__options_init();
-  bmm__secure_init(); /* before any page exists: it shapes them all */
-  bmm__leak_init();
-  bmm__all_slow = bmm__secure || bmm__leak == 1;
-  bmm__secure_fast = bmm__secure && !bmm__leak;
+  bmm__modes_init();
   if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr(); /* for the report at exit */
   bmm__os_thread_exit_hook_init(bmm__heap_thread_done);
   bmm__os_atfork(init_fork_prepare, init_fork_parent, init_fork_child);
@@ -71,17 +68,40 @@ bool bmm__process_is_initialized(void) {
   return atomic_load_explicit(&init_state, memory_order_acquire) == INIT_DONE;
 }
 
+/* Secure mode and leak tracking, from the options: at process init, and
+ * again when an option changes them before the first allocation. Before
+ * any page exists: secure mode shapes them all, and leak tracking must see
+ * every block it may be asked about. */
+void bmm__modes_init(void) {
+  bmm__secure_init();
+  bmm__leak_init();
+  bmm__all_slow = bmm__secure || bmm__leak == 1;
+  bmm__secure_fast = bmm__secure && !bmm__leak;
+}
+
+/* Whether those options may still change: nothing allocated yet (no
+ * thread heap made, no arena or huge block). The process itself is
+ * initialised early (by our constructor when the library is loaded), so
+ * that is not the test. */
+bool bmm__modes_settable(void) {
+  return bmm__heap_all() == NULL && bmm__arena_untouched();
+}
+
 __attribute__((constructor)) static void init_constructor(void) {
   bmm__process_init();
   /* The first malloc may have run before the environment was set up. */
-  if (!options_seen_env) {
+  if (!options_seen_env && bmm__os_env_ready()) {
     bmm__options_init();
     if (bmm__options[BMM_OPTION_SECURE] != bmm__secure ||
         (bmm__options[BMM_OPTION_LEAK_REPORT] != 0) != (bmm__leak != 0)) {
-      bmm__warning("options secure and leak_report must be set before the first allocation",
-                   NULL);
-      bmm__options[BMM_OPTION_SECURE] = bmm__secure;
-      bmm__options[BMM_OPTION_LEAK_REPORT] = bmm__leak != 0;
+      if (bmm__modes_settable()) {
+        bmm__modes_init();
+      } else {
+        bmm__warning("options secure and leak_report must be set before the first allocation",
+                     NULL);
+        bmm__options[BMM_OPTION_SECURE] = bmm__secure;
+        bmm__options[BMM_OPTION_LEAK_REPORT] = bmm__leak != 0;
+      }
     }
     if (bmm__options[BMM_OPTION_SHOW_STATS]) bmm__os_keep_stderr();
   }

@@ -175,6 +175,7 @@ bool bmm__arena_claim_units(bmm_arena_t *arena, size_t first, size_t units);
 void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units);
 bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit);
 size_t bmm__arena_count(void);
+bool bmm__arena_untouched(void);
 bmm_arena_t *bmm__arena_get(size_t index);
 void bmm__arena_fork_prepare(void);
 void bmm__arena_fork_release(void);
@@ -406,6 +407,7 @@ void *bmm__large_handed_out(void *p, size_t size);
 /* ---- stats.c ---------------------------------------------------------- */
 /* A large block of `bytes` allocated (or freed): atomic counters. */
 void bmm__stats_large(size_t bytes, bool allocated);
+void bmm__stats_large_resized(size_t old, size_t now);
 /* A page of size class cls was claimed (true) or released (false). */
 void bmm__stats_class_page(size_t cls, bool claimed);
 void bmm__stats_class_live(size_t cls, int64_t delta);
@@ -419,6 +421,8 @@ void *bmm__fixed_resize(struct bmm_fixed_s *fh, void *p, size_t size, bmm_resize
 /* ---- init.c ---------------------------------------------------------- */
 void bmm__process_init(void);
 bool bmm__process_is_initialized(void);
+bool bmm__modes_settable(void);
+void bmm__modes_init(void);
 
 /* ---- options.c ------------------------------------------------------- */
 typedef enum bmm_option_e {

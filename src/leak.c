@@ -63,6 +63,7 @@ static leak_table_t table;
 static __thread bool in_leak; /* the unwinder's own allocations */
 
 void bmm__leak_init(void) {
+  bmm__leak = 0;
   if (!bmm__options[BMM_OPTION_LEAK_REPORT]) return;
   sample_bytes = (size_t)bmm__options[BMM_OPTION_LEAK_SAMPLE];
   bmm__leak = sample_bytes == 0 ? 1 : 2;

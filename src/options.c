@@ -149,12 +149,18 @@ BMM_API int bmm_option_set(const char *name, long value) {
   int idx = name ? option_find(name, strlen(name)) : -1;
   if (idx < 0 || value < option_desc[idx].min || value > option_desc[idx].max) return EINVAL;
   /* Secure mode shapes every page (and its fill every freed block), and
-   * leak tracking must see every block it may be asked about: they cannot
-   * change once pages exist. */
+   * leak tracking must see every block it may be asked about: they can
+   * change until the first allocation (see bmm__modes_settable), not
+   * after. */
   if ((idx == BMM_OPTION_SECURE || idx == BMM_OPTION_ZERO_ON_FREE ||
        idx == BMM_OPTION_LEAK_REPORT || idx == BMM_OPTION_LEAK_SAMPLE) &&
-      bmm__process_is_initialized() && value != bmm__options[idx])
-    return EBUSY;
+      value != bmm__options[idx]) {
+    if (bmm__process_is_initialized() && !bmm__modes_settable()) return EBUSY;
+    bmm__options[idx] = value;
+    if (bmm__process_is_initialized()) bmm__modes_init();
+    return 0;
+  }
   bmm__options[idx] = value;
+  if (idx == BMM_OPTION_SHOW_STATS && value != 0) bmm__os_keep_stderr(); /* for the exit report */
   return 0;
 }

@@ -68,6 +68,19 @@ void bmm__stats_large(size_t bytes, bool allocated) {
   }
 }
 
+/* A large block resized where it is (or its pages moved): the same block,
+ * `old` bytes before and `now` after. The difference counts as bytes
+ * allocated or freed, so that allocated less freed stays the bytes live. */
+void bmm__stats_large_resized(size_t old, size_t now) {
+  bool grew = now > old;
+  size_t bytes = grew ? now - old : old - now;
+  bmm_theap_t *heap = bmm__heap_tls;
+  if (heap != &bmm__heap_empty)
+    add_relaxed(&heap->large_stats[!grew][1], bytes);
+  else
+    atomic_fetch_add_explicit(&large_shared[!grew][1], bytes, memory_order_relaxed);
+}
+
 /* The large-block sum [freed][bytes] over every heap struct and the
  * shared counters. */
 static uint64_t large_sum(int freed, int bytes) {

@@ -365,6 +365,10 @@ const char *bmm__os_getenv(const char *name) {
   return NULL;
 }
 
+bool bmm__os_env_ready(void) {
+  return environ != NULL && environ[0] != NULL;
+}
+
 void bmm__os_env_each(const char *prefix,
                       void (*fn)(void *arg, const char *name, size_t name_len, const char *value),
                       void *arg) {

@@ -125,6 +125,9 @@ void bmm__os_yield(void);
 /* The value of environment variable `name` without calling getenv (which
  * may not be ready when the loader calls malloc), or NULL. */
 const char *bmm__os_getenv(const char *name);
+/* The process's environment is set up (a malloc from the dynamic loader
+ * may come before it is). */
+bool bmm__os_env_ready(void);
 
 /* Call fn(arg, name, value) for every environment variable whose name
  * starts with `prefix`. */
