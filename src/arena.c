@@ -384,6 +384,18 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
   }
 }
 
+/* bmm_pages_protect is about to change the rights of [addr, addr+bytes):
+ * flag the arenas and huge regions it touches (see rights_changed). */
+void bmm__arena_note_rights(const void *addr, size_t bytes) {
+  if (bytes == 0) return;
+  uintptr_t first = (uintptr_t)addr >> BMM_REGION_SHIFT;
+  uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
+  for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++)
+    if (atomic_load_explicit(&bmm__region_map[r], memory_order_acquire) == BMM_REGION_ARENA)
+      atomic_store_explicit(&((bmm_arena_t *)(r << BMM_REGION_SHIFT))->rights_changed, 1,
+                            memory_order_relaxed);
+}
+
 size_t bmm__arena_count(void) {
   return atomic_load_explicit(&arena_count, memory_order_acquire);
 }
@@ -406,6 +418,7 @@ void bmm__arena_page_free(bmm_page_t *page) {
    * unit's stays up until a claim that wants the unit whole (see
    * arena_claimed_guards). */
   if (page->guarded && units != 1) bmm__secure_unguard(page);
+  if (kind == BMM_PAGE_LARGE) bmm__arena_restore_rights(arena, bmm__page_start(page), page->block_size);
   bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
   page->used = page->reserved = 0;
@@ -921,6 +934,8 @@ static void huge_unmap(bmm_arena_t *h) {
 
 void bmm__huge_free(bmm_page_t *page) {
   bmm_arena_t *h = bmm__arena_of_page(page);
+  bmm__arena_restore_rights(h, bmm__page_start(page), page->block_size); /* the guard stays */
+  atomic_store_explicit(&h->rights_changed, 0, memory_order_relaxed); /* the region's only block */
   region_map_set(h, BMM_REGION_NONE); /* a stale pointer is foreign now */
   if (!huge_cache_put(h)) huge_unmap(h);
 }

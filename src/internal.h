@@ -176,6 +176,13 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units);
 bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit);
 size_t bmm__arena_count(void);
 bool bmm__arena_untouched(void);
+void bmm__arena_note_rights(const void *addr, size_t bytes);
+/* Give [addr, addr+bytes) of arena `a` read+write back if bmm_pages_protect
+ * may have changed it (see rights_changed). */
+bmm_inline void bmm__arena_restore_rights(bmm_arena_t *a, void *addr, size_t bytes) {
+  if (bmm_unlikely(atomic_load_explicit(&a->rights_changed, memory_order_relaxed)) && bytes != 0)
+    bmm__os_protect(addr, bytes, BMM_PROT_READ | BMM_PROT_WRITE);
+}
 bmm_arena_t *bmm__arena_get(size_t index);
 void bmm__arena_fork_prepare(void);
 void bmm__arena_fork_release(void);

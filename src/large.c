@@ -558,6 +558,7 @@ size_t bmm__span_usable(const void *p, const bmm_page_t *unit) {
 
 void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
+  bmm__arena_restore_rights(a, p, span_usable_pages(a, p) << BMM_SPAN_SHIFT);
   span_lock(a);
   size_t len = span_pages(a, p);
   if (bmm_unlikely(len == 0)) {
@@ -666,6 +667,7 @@ static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t 
   uint32_t align_slot = a->spans[pg].next;
   if (n <= len) {
     if (n < len) {
+      bmm__arena_restore_rights(a, page_addr(a, pg + n), (len - n) << BMM_SPAN_SHIFT);
       span_clear(a, pg, len);
       span_set(a, pg, n, false);
       span_make_free(a, pg + n, len - n);

@@ -2,7 +2,9 @@
  * any count (or huge blocks above 16 MiB), so they grow in place into free
  * neighbours on both sides and otherwise move by remapping; they can be
  * freed with bmm_pages_free or plain free. Protection works on any
- * page-aligned memory of the process.
+ * page-aligned memory of the process; a large block whose rights it changed
+ * gets read+write back when it is freed, shrunk or resized (see
+ * rights_changed in types.h).
  */
 #include "internal.h"
 
@@ -28,6 +30,9 @@ static bmm_page_t *pages_of(void *p, const char *call) {
   return NULL;
 }
 
+/* Resized pages are read+write, as fresh ones: rights the caller set would
+ * not follow the bytes (copied or moved into other pages) anyway, and the
+ * copy must read them. */
 static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *call) {
   if (p == NULL) return bmm__pages_alloc(count);
   bmm_page_t *page = pages_of(p, call);
@@ -35,6 +40,10 @@ static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *
     errno = EINVAL;
     return NULL;
   }
+  size_t bytes = atomic_load_explicit(&page->kind, memory_order_relaxed) == BMM_PAGE_SPANS
+                     ? bmm__span_usable(p, page)
+                     : page->block_size;
+  bmm__arena_restore_rights(bmm__arena_of_page(page), p, bytes);
   return bmm__pages_resize(p, page, count, mode);
 }
 
@@ -65,5 +74,6 @@ BMM_API int bmm_pages_protect(void *addr, size_t count, int rights) {
       ((uintptr_t)addr & (ps - 1)) != 0 || count > SIZE_MAX / ps)
     return EINVAL;
   if (count == 0) return 0;
+  bmm__arena_note_rights(addr, count * ps); /* before: a free may follow at once */
   return bmm__os_protect(addr, count * ps, rights);
 }

@@ -289,6 +289,31 @@ static void test_pages(void) {
   uint8_t *reuse = bmm_pages_alloc(2);
   reuse[0] = reuse[2 * ps - 1] = 7;
   bmm_pages_free(reuse);
+  /* The same through the other ways pages go back: plain free, a shrink,
+   * a move and a reget; every page handed out next is writable (they
+   * faulted inside the allocator's zeroing before). */
+  for (int way = 0; way < 4; way++) {
+    uint8_t *pr = bmm_pages_alloc(8);
+    if (!CHECK(pr != NULL)) break;
+    pr[0] = 5;
+    CHECK(bmm_pages_protect(pr, 8, way == 0 ? BMM_PROT_NONE : BMM_PROT_READ) == 0);
+    uint8_t *blocker = bmm_pages_alloc(1); /* so that growth must move */
+    uint8_t *kept = NULL;
+    if (way == 0) bmm_free(pr);
+    else if (way == 1) kept = bmm_pages_realloc(pr, 2);
+    else if (way == 2) kept = bmm_pages_realloc(pr, 40);
+    else kept = bmm_pages_reget(pr, 40);
+    if (way == 1 || way == 2) CHECK(kept != NULL && kept[0] == 5);
+    if (kept != NULL) kept[0] = 6; /* resized pages are read+write */
+    uint8_t *next[6];
+    for (int i = 0; i < 6; i++) {
+      next[i] = bmm_pages_alloc(6);
+      if (CHECK(next[i] != NULL)) next[i][0] = next[i][6 * ps - 1] = 9;
+    }
+    for (int i = 0; i < 6; i++) bmm_pages_free(next[i]);
+    bmm_pages_free(kept);
+    bmm_pages_free(blocker);
+  }
 
   /* Any page-aligned memory of the process: a page of this stack frame's
    * neighbourhood (read+write, as it was). */
