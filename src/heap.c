@@ -46,6 +46,13 @@ static _Atomic(int64_t) sweep_last;
 /* 0, or 1 while a thread sweeps, or 2 while a fork is under way: the
  * pages of the lists a sweep holds would be on no list in the child. */
 static _Atomic(int) sweep_state;
+/* The same for adopters, which may be many at once: how many hold pages
+ * they took off an abandoned list, and whether a fork waits for them to
+ * put them back (then none starts). Both seq_cst: an adopter counts itself
+ * before it looks at the flag, the fork sets the flag before it looks at
+ * the count, so one of them sees the other. */
+static atomic_int adopters;
+static atomic_bool fork_pending;
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* Every queue a heap's pages can be in, for walks over all of them: the
@@ -323,6 +330,11 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
   /* Not into a view: its pages must hold its owner's blocks only. */
   if (heap->owner != NULL) return NULL;
   if (atomic_load_explicit(&abandoned[cls], memory_order_relaxed) == NULL) return NULL;
+  atomic_fetch_add(&adopters, 1);
+  if (atomic_load(&fork_pending)) { /* its child would lose what we hold */
+    atomic_fetch_sub(&adopters, 1);
+    return NULL;
+  }
   /* Taking the whole list with one exchange has no ABA problem. acquire:
    * pairs with the abandoning thread's release push, so its writes to the
    * page's lists are visible. */
@@ -346,6 +358,7 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
     page = next;
   }
   if (page != NULL) abandoned_put_back(cls, page);
+  atomic_fetch_sub(&adopters, 1);
   if (found != NULL && heap->queues[qi].first != found) {
     heap_queue_remove(heap, found);
     heap_queue_push_front(heap, found);
@@ -679,6 +692,8 @@ static void heap_sweep_abandoned(bmm_theap_t *heap) {
  * fork handler takes next, so wait first, holding none) and start none
  * until the fork is over. */
 void bmm__heap_fork_prepare(void) {
+  atomic_store(&fork_pending, true);
+  while (atomic_load(&adopters) != 0) bmm__os_yield();
   for (int idle = 0; !atomic_compare_exchange_weak_explicit(&sweep_state, &idle, 2,
                                                             memory_order_acquire,
                                                             memory_order_relaxed);
@@ -688,6 +703,7 @@ void bmm__heap_fork_prepare(void) {
 
 void bmm__heap_fork_release(void) {
   atomic_store_explicit(&sweep_state, 0, memory_order_release);
+  atomic_store(&fork_pending, false);
 }
 
 static void heap_set_all_delayed(bmm_theap_t *heap, uintptr_t to, unsigned from_mask) {
@@ -726,16 +742,23 @@ void bmm__heap_thread_done(void *arg) {
 
 /* In a forked child only the forking thread lives. A thread that was in the
  * middle of a delayed free into one of our pages will never finish it:
- * release its FREEING state so that nothing waits for it forever. */
+ * release its FREEING state so that nothing waits for it forever. Our pages
+ * are those of every heap with our id: the default heap and our views of
+ * first-class heaps. */
 void bmm__heap_fork_child(bmm_theap_t *heap) {
-  if (heap == &bmm__heap_empty) return;
-  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
-    bmm_page_queue_t *q = heap_queue_at(heap, c);
-    for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
-      uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
-      if ((tf & BMM_DF_MASK) == BMM_DF_FREEING)
-        atomic_store_explicit(&page->thread_free, (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
-                              memory_order_relaxed);
+  (void)heap;
+  uintptr_t me = bmm__os_thread_id();
+  for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next) {
+    if ((h->tid & ~BMM_TID_FLAGS) != me) continue;
+    for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+      bmm_page_queue_t *q = heap_queue_at(h, c);
+      for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
+        uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+        if ((tf & BMM_DF_MASK) == BMM_DF_FREEING)
+          atomic_store_explicit(&page->thread_free,
+                                (tf & ~(uintptr_t)BMM_DF_MASK) | BMM_DF_NORMAL,
+                                memory_order_relaxed);
+      }
     }
   }
 }
