@@ -98,8 +98,12 @@
 #define FIT_SCAN_OWN 16
 #define FIT_SCAN_ABOVE 4
 
-/* Registry slots: fixed heaps are few (one per caller-supplied buffer). */
-#define FIXED_SLOTS 64
+/* Registry slots: fixed heaps live at once (one per caller-supplied
+ * buffer). 64 proved too few for a program that keeps one per object
+ * (found by a helper's test); a free or realloc of a pointer that is not
+ * BrainMM's scans the slots in use, so they stay in one table (32 bytes
+ * each, untouched until used). */
+#define FIXED_SLOTS 4096
 
 #define FIXED_MAGIC ((uintptr_t)0x46697865644d4d21u) /* "FixedMM!", xor heap */
 
