@@ -167,6 +167,53 @@ int main(int argc, char **argv) {
   CHECK(strstr(text, "{\"block_size\": 48, \"allocated\": ") != NULL);
   CHECK(strstr(text, "\"large\": {\"allocated\": ") != NULL);
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
+
+  /* Large blocks resized where they are (grown, shrunk, grown into a huge
+   * mapping, remapped) and freed: as many bytes freed as allocated. */
+  static const size_t steps[][2] = {
+      {100000, 200000}, {200000, 100000}, {100000, 30 << 20}, {20 << 20, 40 << 20}};
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    bmm_stats_reset();
+    char *p = bmm_malloc(steps[i][0]);
+    char *q = p != NULL ? bmm_realloc(p, steps[i][1]) : NULL;
+    CHECK(q != NULL);
+    bmm_free(q);
+    text_len = 0;
+    bmm_stats_print(collect, text);
+    const char *l = strstr(text, "\"large\": {");
+    unsigned long n_alloc = 0, b_alloc = 0, n_freed = 0, b_freed = 0;
+    CHECK(l != NULL && sscanf(l, "\"large\": {\"allocated\": %lu, \"allocated_bytes\": %lu, "
+                                 "\"freed\": %lu, \"freed_bytes\": %lu",
+                              &n_alloc, &b_alloc, &n_freed, &b_freed) == 4);
+    CHECK(n_alloc == 1 && n_freed == 1);
+    if (b_alloc != b_freed)
+      check_print(2, "stats: large %zu -> %zu: %lu bytes allocated, %lu freed\n", steps[i][0],
+                  steps[i][1], b_alloc, b_freed);
+    CHECK(b_alloc == b_freed && b_alloc >= steps[i][1]);
+  }
+  /* A freed huge block, kept mapped for reuse a while: committed still,
+   * no longer in use. */
+  unsigned long reserved, committed, used_before, used_live, used_after;
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  const char *tot = strstr(text, "\"total\": {");
+  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
+                              &reserved, &committed, &used_before) == 3);
+  char *huge = bmm_malloc(20 << 20);
+  CHECK(huge != NULL);
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  tot = strstr(text, "\"total\": {");
+  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
+                              &reserved, &committed, &used_live) == 3);
+  bmm_free(huge);
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  tot = strstr(text, "\"total\": {");
+  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
+                              &reserved, &committed, &used_after) == 3);
+  CHECK(used_live >= used_before + (20 << 20));
+  CHECK(used_after < used_live - (19 << 20));
   CHECK(bmm_option_set("stats_json", 0) == 0);
 
   /* show_stats from the environment, at exit, in a child; also when the
