@@ -448,8 +448,12 @@ static _Atomic(int64_t) purge_next;
 /* Decommit the free units of `arena` that are dirty and, unless `all`,
  * marked for purging. Each run is claimed while it is decommitted, so no
  * thread can hand it out meanwhile. */
-static void arena_purge(bmm_arena_t *arena, bool all) {
+/* Returns whether a run was left because it could not be claimed whole
+ * (another thread claims there, or a claim that failed rolled back): its
+ * free units still want purging. */
+static bool arena_purge(bmm_arena_t *arena, bool all) {
   bool lazy = bmm__options[BMM_OPTION_PURGE_LAZY] != 0;
+  bool left = false;
   for (size_t w = 0; w < BMM_ARENA_WORDS; w++) {
     uint64_t cand = atomic_load_explicit(&arena->dirty[w], memory_order_relaxed) &
                     ~atomic_load_explicit(&arena->used[w], memory_order_relaxed);
@@ -459,7 +463,10 @@ static void arena_purge(bmm_arena_t *arena, bool all) {
       size_t n = ones_at_bottom(cand >> bit);
       cand &= ~bits_mask(bit, n);
       size_t first = w * 64 + bit;
-      if (!bits_try_claim(arena->used, first, n)) continue;
+      if (!bits_try_claim(arena->used, first, n)) {
+        left = true;
+        continue;
+      }
       bmm__os_decommit((uint8_t *)arena + first * BMM_UNIT_SIZE, n * BMM_UNIT_SIZE, lazy);
       atomic_fetch_and_explicit(&arena->dirty[w], ~bits_mask(bit, n), memory_order_relaxed);
       atomic_fetch_and_explicit(&arena->purge[w], ~bits_mask(bit, n), memory_order_relaxed);
@@ -467,6 +474,7 @@ static void arena_purge(bmm_arena_t *arena, bool all) {
       bits_clear(arena->used, first, n);
     }
   }
+  return left;
 }
 
 static bmm_arena_t *arena_at(size_t i) {
@@ -498,7 +506,13 @@ void bmm__arena_purge_due(void) {
     if (d <= now && atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &d, 0,
                                                             memory_order_relaxed,
                                                             memory_order_relaxed)) {
-      arena_purge(arena, false);
+      if (arena_purge(arena, false)) { /* what was left: the next sweep */
+        int64_t again = now + 1, none = 0;
+        if (atomic_compare_exchange_strong_explicit(&arena->purge_deadline, &none, again,
+                                                    memory_order_relaxed, memory_order_relaxed) &&
+            (earliest == 0 || again < earliest))
+          earliest = again;
+      }
       arena_release(arena);
     } else if (d > now && (earliest == 0 || d < earliest)) {
       earliest = d;
