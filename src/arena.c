@@ -25,7 +25,8 @@ static _Atomic(bmm_arena_t *) arena_table[BMM_MAX_ARENAS];
 static atomic_size_t arena_count;
 /* Held while an arena takes its slot and is published, so that fork's
  * handlers see a fixed set of arenas, every one of them in the table (see
- * bmm__arena_fork_prepare). Never held with another lock of ours. */
+ * bmm__arena_fork_prepare, which holds it outermost). Nothing takes it
+ * while holding another lock of ours. */
 static atomic_int arena_grow_lock;
 static size_t arenas_forked; /* [fork] arenas whose span locks fork took */
 
@@ -390,10 +391,19 @@ void bmm__arena_note_rights(const void *addr, size_t bytes) {
   if (bytes == 0) return;
   uintptr_t first = (uintptr_t)addr >> BMM_REGION_SHIFT;
   uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
-  for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++)
-    if (atomic_load_explicit(&bmm__region_map[r], memory_order_acquire) == BMM_REGION_ARENA)
-      atomic_store_explicit(&((bmm_arena_t *)(r << BMM_REGION_SHIFT))->rights_changed, 1,
-                            memory_order_relaxed);
+  for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++) {
+    /* A huge block's mapping may cover regions past its first (which alone
+     * is in the map): look back for the one that covers r. */
+    uintptr_t h = r;
+    while (h > 0 && r - h < BMM_REGION_MAP_SIZE &&
+           atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) == BMM_REGION_NONE)
+      h--;
+    if (atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) != BMM_REGION_ARENA)
+      continue;
+    bmm_arena_t *a = (bmm_arena_t *)(h << BMM_REGION_SHIFT);
+    if (h == r || (uintptr_t)a->map_base + a->map_size > (r << BMM_REGION_SHIFT))
+      atomic_store_explicit(&a->rights_changed, 1, memory_order_relaxed);
+  }
 }
 
 size_t bmm__arena_count(void) {
@@ -418,7 +428,10 @@ void bmm__arena_page_free(bmm_page_t *page) {
    * unit's stays up until a claim that wants the unit whole (see
    * arena_claimed_guards). */
   if (page->guarded && units != 1) bmm__secure_unguard(page);
-  if (kind == BMM_PAGE_LARGE) bmm__arena_restore_rights(arena, bmm__page_start(page), page->block_size);
+  /* A large unit run comes here with its kind FREE already (its free
+   * claimed it): the caller may have changed its rights. */
+  if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM)
+    bmm__arena_restore_rights(arena, bmm__page_start(page), page->block_size);
   bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
   page->used = page->reserved = 0;
@@ -543,8 +556,8 @@ static void arena_schedule_purge(bmm_arena_t *arena, size_t first, size_t units)
   if (delay < 0) return;
   bits_set(arena->purge, first, units);
   if (delay == 0) {
-    arena_purge(arena, false);
-    return;
+    if (!arena_purge(arena, false)) return;
+    delay = 1; /* a run was left (see arena_purge): the next sweep */
   }
   /* A deadline already set stays (the sweep takes these units with it):
    * no clock read on every free of a large block. */

@@ -112,9 +112,10 @@ bmm_inline bool bmm__is_block_start(const bmm_page_t *page, const void *p) {
   return bmm__page_block_index(page, p) < page->reserved;
 }
 
-/* The same, and p is among the blocks carved so far: one that was ever
- * handed out. A free of a block past them (never allocated) would put it
- * on a list while the page carves it again later: the same block twice.
+/* The same, and p is among the blocks carved so far. A free of a block past
+ * them (never allocated) would put it on a list while the page carves it
+ * again later: the same block twice. (A carved block not handed out yet
+ * is on a free list with its free mark: a free of it is a double free.)
  * Any thread may ask: capacity only grows while the page has a block in
  * use, and the owner raised it before the block could reach anyone. */
 bmm_inline bool bmm__is_carved_block(const bmm_page_t *page, const void *p) {
@@ -159,7 +160,7 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size, size_t *move) {
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
   /* A freed block (or secure mode, which marks them its own way) goes to
    * the slow path, which reports a realloc of a freed block. */
-  if (!bmm__is_block_start(page, p) || bmm__is_marked_free(page, p) || bmm__secure) return NULL;
+  if (!bmm__is_carved_block(page, p) || bmm__is_marked_free(page, p) || bmm__secure) return NULL;
   size_t usable = page->block_size;
   if (size <= usable && size >= usable / 2) return p;
   if (page->align_log == 0) *move = usable; /* an aligned one keeps its alignment: slow */

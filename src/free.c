@@ -231,8 +231,9 @@ size_t bmm__block_usable(const void *p, const bmm_page_t *page, const char *call
     switch (atomic_load_explicit(&page->kind, memory_order_relaxed)) {
     case BMM_PAGE_SMALL:
     case BMM_PAGE_MEDIUM:
-      if (bmm__is_block_start(page, p)) return bmm__page_usable(page);
-      what = "pointer into the middle of a block";
+      if (bmm__is_carved_block(page, p)) return bmm__page_usable(page);
+      what = bmm__is_block_start(page, p) ? "pointer to a block never allocated"
+                                          : "pointer into the middle of a block";
       break;
     case BMM_PAGE_SPANS: {
       size_t usable = bmm__span_usable(p, page);

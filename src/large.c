@@ -742,6 +742,8 @@ static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t 
 static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
+  /* Remapped pages keep their rights, in a region with no flag for them. */
+  bmm__arena_restore_rights(a, p, bytes);
   uint8_t *q = bytes >= ((size_t)1 << 20) && remap_ok() ? bmm__huge_adopt(p, bytes, size) : NULL;
   if (q != NULL) {
     bmm__os_rereserve(p, bytes); /* the span's range is a hole now */

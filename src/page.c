@@ -73,13 +73,17 @@ void bmm__page_extend(bmm_page_t *page) {
     __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
     return;
   }
+  /* Each block carries the free mark (fastpath.h) as any free block does:
+   * a free of one not handed out yet is caught as a double free. */
   uint8_t *p = first;
   for (size_t i = 1; i < n; i++, p += bs) {
     bmm__track_carve(p, bs);
     ((bmm_block_t *)p)->next = (bmm_block_t *)(p + bs);
+    ((bmm_page_t **)p)[1] = page; /* bmm__mark_free */
   }
   bmm__track_carve(p, bs);
   ((bmm_block_t *)p)->next = page->free;
+  ((bmm_page_t **)p)[1] = page; /* bmm__mark_free */
   page->free = (bmm_block_t *)first;
   __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
 }

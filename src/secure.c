@@ -303,14 +303,17 @@ void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
           (bmm__os_thread_id() | BMM_TID_SLOW) &&
       bmm__page_block_index(page, p) < page->capacity) {
     const uint64_t *w = p;
-    /* The program need not have written the mark's word, and a block
-     * freed already has its canary word off limits to checkers. */
+    /* The program need not have written the mark's word; a free block's
+     * canary word is off limits to checkers (one whose mark was
+     * overwritten gets it opened: the slow path reports it). */
     bmm__track_mark_read(p);
-    bmm__track_internal(canary_word(page, p), BMM_CANARY);
-    if (bmm_likely(w[1] != free_mark(page, p) && *canary_word(page, p) == canary(page, p))) {
-      mark_free(page, p);
-      bmm__free_local(page, p);
-      return;
+    if (bmm_likely(w[1] != free_mark(page, p))) {
+      bmm__track_internal(canary_word(page, p), BMM_CANARY);
+      if (bmm_likely(*canary_word(page, p) == canary(page, p))) {
+        mark_free(page, p);
+        bmm__free_local(page, p);
+        return;
+      }
     }
   }
   bmm__free_slow(p, page, call);

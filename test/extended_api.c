@@ -314,6 +314,18 @@ static void test_pages(void) {
     bmm_pages_free(kept);
     bmm_pages_free(blocker);
   }
+  /* A large block aligned past a page (a run of whole units, not spans),
+   * made read-only and freed: the units' next users write them. */
+  uint8_t *run = bmm_malloc_aligned(200000, 65536);
+  if (CHECK(run != NULL)) {
+    CHECK(bmm_pages_protect(run, 200000 / ps, BMM_PROT_READ) == 0);
+    bmm_free(run);
+    for (int i = 0; i < 4; i++) {
+      uint8_t *again = bmm_malloc_aligned(200000, 65536);
+      if (CHECK(again != NULL)) memset(again, 3, 200000);
+      bmm_free(again);
+    }
+  }
 
   /* Any page-aligned memory of the process: a page of this stack frame's
    * neighbourhood (read+write, as it was). */

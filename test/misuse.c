@@ -43,6 +43,7 @@ typedef enum {
   DOUBLE_FREE_REMOTE_AFTER_OWNER,
   DOUBLE_FREE_REMOTE_TWICE,
   FREE_NEVER_ALLOCATED,
+  FREE_NOT_HANDED_OUT,
   REALLOC_STACK,
   REALLOC_INTERIOR,
   REALLOC_FREED,
@@ -57,12 +58,12 @@ static const char *const case_name[CASE_COUNT] = {
     "double free large",    "double free small",    "double free small, deep",
     "double free medium",   "double free after a remote free",
     "double free by another thread after the owner", "double free twice by another thread",
-    "free(never allocated)", "realloc(stack)",
+    "free(never allocated)", "free(carved, not handed out)", "realloc(stack)",
     "realloc(interior)",    "realloc(freed)", "realloc(freed large)", "realloc(interior large)"};
 static const char *const case_call[CASE_COUNT] = {
     "free(", "free(", "free(", "free(", "free(", "free(", "free(", "free(",
-    "free(", "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(", "realloc(",
-    "realloc(", "realloc("};
+    "free(", "free(", "free(", "free(", "free(", "free(", "free(", "realloc(", "realloc(",
+    "realloc(", "realloc(", "realloc("};
 
 static void *free_in_thread(void *p) {
   bmm_free(p);
@@ -155,6 +156,15 @@ static void *do_misuse(misuse_t c) {
     char *p = bmm_malloc(100);
     size_t stride = bmm_usable_size(p);
     bad = (char *)((uintptr_t)p & ~(uintptr_t)0xffff) + 500 * stride;
+    bmm_free(bad);
+    break;
+  }
+  case FREE_NOT_HANDED_OUT: {
+    /* The block after p, carved with it onto the page's free list (blocks
+     * are carved 4 KiB at a time, handed out in address order) and not
+     * handed out: freeing it would list it twice. */
+    char *p = bmm_malloc(200);
+    bad = p + bmm_usable_size(p);
     bmm_free(bad);
     break;
   }
