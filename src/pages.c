@@ -32,7 +32,8 @@ static bmm_page_t *pages_of(void *p, const char *call) {
 
 /* Resized pages are read+write, as fresh ones: rights the caller set would
  * not follow the bytes (copied or moved into other pages) anyway, and the
- * copy must read them. */
+ * copy must read them. So are pages a resize failed for (ENOMEM): the
+ * rights they had are not recorded anywhere to be put back. */
 static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *call) {
   if (p == NULL) return bmm__pages_alloc(count);
   bmm_page_t *page = pages_of(p, call);
