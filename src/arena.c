@@ -393,9 +393,10 @@ void bmm__arena_note_rights(const void *addr, size_t bytes) {
   uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
   for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++) {
     /* A huge block's mapping may cover regions past its first (which alone
-     * is in the map): look back for the one that covers r. */
+     * is in the map): look back for the one that covers r, as far as a
+     * mapping of 1 TiB reaches (memory far from ours costs no more). */
     uintptr_t h = r;
-    while (h > 0 && r - h < BMM_REGION_MAP_SIZE &&
+    while (h > 0 && r - h < 4096 &&
            atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) == BMM_REGION_NONE)
       h--;
     if (atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) != BMM_REGION_ARENA)
