@@ -386,25 +386,19 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
 }
 
 /* bmm_pages_protect is about to change the rights of [addr, addr+bytes):
- * flag the arenas and huge regions it touches (see rights_changed). */
+ * flag its regions. A flag beside the region map, not in an arena's
+ * header: the memory may be anyone's (a huge block's later regions are in
+ * no map; a header may be unmapped by another thread at any time). Only a
+ * huge block's free clears its regions' flags (they are its own); a stale
+ * flag costs an mprotect per large block freed there. */
+_Atomic(uint8_t) bmm__rights_map[BMM_REGION_MAP_SIZE];
+
 void bmm__arena_note_rights(const void *addr, size_t bytes) {
   if (bytes == 0) return;
   uintptr_t first = (uintptr_t)addr >> BMM_REGION_SHIFT;
   uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
-  for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++) {
-    /* A huge block's mapping may cover regions past its first (which alone
-     * is in the map): look back for the one that covers r, as far as a
-     * mapping of 1 TiB reaches (memory far from ours costs no more). */
-    uintptr_t h = r;
-    while (h > 0 && r - h < 4096 &&
-           atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) == BMM_REGION_NONE)
-      h--;
-    if (atomic_load_explicit(&bmm__region_map[h], memory_order_acquire) != BMM_REGION_ARENA)
-      continue;
-    bmm_arena_t *a = (bmm_arena_t *)(h << BMM_REGION_SHIFT);
-    if (h == r || (uintptr_t)a->map_base + a->map_size > (r << BMM_REGION_SHIFT))
-      atomic_store_explicit(&a->rights_changed, 1, memory_order_relaxed);
-  }
+  for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++)
+    atomic_store_explicit(&bmm__rights_map[r], 1, memory_order_relaxed);
 }
 
 size_t bmm__arena_count(void) {
@@ -432,7 +426,7 @@ void bmm__arena_page_free(bmm_page_t *page) {
   /* A large unit run comes here with its kind FREE already (its free
    * claimed it): the caller may have changed its rights. */
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM)
-    bmm__arena_restore_rights(arena, bmm__page_start(page), page->block_size);
+    bmm__arena_restore_rights(bmm__page_start(page), page->block_size);
   bmm__track_internal(bmm__page_start(page), (size_t)units * BMM_UNIT_SIZE);
   page->free = page->local_free = NULL;
   page->used = page->reserved = 0;
@@ -962,8 +956,12 @@ static void huge_unmap(bmm_arena_t *h) {
 
 void bmm__huge_free(bmm_page_t *page) {
   bmm_arena_t *h = bmm__arena_of_page(page);
-  bmm__arena_restore_rights(h, bmm__page_start(page), page->block_size); /* the guard stays */
-  atomic_store_explicit(&h->rights_changed, 0, memory_order_relaxed); /* the region's only block */
+  bmm__arena_restore_rights(bmm__page_start(page), page->block_size); /* the guard stays */
+  /* Its regions are its own: their flags go with it. */
+  for (uintptr_t r = (uintptr_t)h >> BMM_REGION_SHIFT;
+       r <= ((uintptr_t)h + h->map_size - 1) >> BMM_REGION_SHIFT && r < BMM_REGION_MAP_SIZE; r++)
+    if (atomic_load_explicit(&bmm__rights_map[r], memory_order_relaxed))
+      atomic_store_explicit(&bmm__rights_map[r], 0, memory_order_relaxed);
   region_map_set(h, BMM_REGION_NONE); /* a stale pointer is foreign now */
   if (!huge_cache_put(h)) huge_unmap(h);
 }

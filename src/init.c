@@ -19,15 +19,17 @@ static _Atomic(uintptr_t) init_thread;
 static bool options_seen_env;
 
 /* After fork only the forking thread lives; see bmm__heap_fork_child. The
- * span cache's and span locks are taken around fork so that none is copied
- * while held. */
+ * span cache's, the arenas' and the leak table's locks are taken around
+ * fork so that none is copied while held. */
 static void init_fork_prepare(void) {
   bmm__heap_fork_prepare(); /* first: it waits for a sweep, which may take the locks below */
   bmm__large_fork_prepare();
   bmm__arena_fork_prepare();
+  bmm__leak_fork_prepare();
 }
 
 static void init_fork_parent(void) {
+  bmm__leak_fork_release();
   bmm__arena_fork_release();
   bmm__large_fork_release();
   bmm__heap_fork_release();

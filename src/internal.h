@@ -176,12 +176,22 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units);
 bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit);
 size_t bmm__arena_count(void);
 bool bmm__arena_untouched(void);
+/* Regions (as in the region map) where bmm_pages_protect changed rights
+ * (arena.c). */
+extern _Atomic(uint8_t) bmm__rights_map[BMM_REGION_MAP_SIZE];
 void bmm__arena_note_rights(const void *addr, size_t bytes);
-/* Give [addr, addr+bytes) of arena `a` read+write back if bmm_pages_protect
- * may have changed it (see rights_changed). */
-bmm_inline void bmm__arena_restore_rights(bmm_arena_t *a, void *addr, size_t bytes) {
-  if (bmm_unlikely(atomic_load_explicit(&a->rights_changed, memory_order_relaxed)) && bytes != 0)
-    bmm__os_protect(addr, bytes, BMM_PROT_READ | BMM_PROT_WRITE);
+/* Give [addr, addr+bytes) (memory of a large block going back) read+write
+ * if bmm_pages_protect may have changed it: a byte load per region. */
+bmm_inline void bmm__arena_restore_rights(void *addr, size_t bytes) {
+  if (bytes == 0) return;
+  uintptr_t r = (uintptr_t)addr >> BMM_REGION_SHIFT;
+  uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
+  for (; r <= last && r < BMM_REGION_MAP_SIZE; r++) {
+    if (bmm_unlikely(atomic_load_explicit(&bmm__rights_map[r], memory_order_relaxed))) {
+      bmm__os_protect(addr, bytes, BMM_PROT_READ | BMM_PROT_WRITE);
+      return;
+    }
+  }
 }
 bmm_arena_t *bmm__arena_get(size_t index);
 void bmm__arena_fork_prepare(void);
@@ -306,6 +316,8 @@ void bmm__secure_check_size(void *p, size_t size, const char *call);
  * initialisation. */
 extern int bmm__leak;
 void bmm__leak_init(void);
+void bmm__leak_fork_prepare(void);
+void bmm__leak_fork_release(void);
 bool bmm__leak_want(bmm_theap_t *heap, size_t bytes);
 void bmm__leak_on_alloc(bmm_theap_t *heap, bmm_page_t *page, size_t qi, void *block);
 void bmm__leak_resume(bmm_theap_t *heap, bool record);

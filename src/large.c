@@ -558,7 +558,7 @@ size_t bmm__span_usable(const void *p, const bmm_page_t *unit) {
 
 void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
-  bmm__arena_restore_rights(a, p, span_usable_pages(a, p) << BMM_SPAN_SHIFT);
+  bmm__arena_restore_rights(p, span_usable_pages(a, p) << BMM_SPAN_SHIFT);
   span_lock(a);
   size_t len = span_pages(a, p);
   if (bmm_unlikely(len == 0)) {
@@ -667,7 +667,7 @@ static void *span_resize_tags(void *p, bmm_page_t *unit, size_t n, bmm_resize_t 
   uint32_t align_slot = a->spans[pg].next;
   if (n <= len) {
     if (n < len) {
-      bmm__arena_restore_rights(a, page_addr(a, pg + n), (len - n) << BMM_SPAN_SHIFT);
+      bmm__arena_restore_rights(page_addr(a, pg + n), (len - n) << BMM_SPAN_SHIFT);
       span_clear(a, pg, len);
       span_set(a, pg, n, false);
       span_make_free(a, pg + n, len - n);
@@ -743,7 +743,7 @@ static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   bmm_arena_t *a = bmm__arena_of_page(unit);
   size_t bytes = span_usable_pages(a, p) << BMM_SPAN_SHIFT;
   /* Remapped pages keep their rights, in a region with no flag for them. */
-  bmm__arena_restore_rights(a, p, bytes);
+  bmm__arena_restore_rights(p, bytes);
   uint8_t *q = bytes >= ((size_t)1 << 20) && remap_ok() ? bmm__huge_adopt(p, bytes, size) : NULL;
   if (q != NULL) {
     bmm__os_rereserve(p, bytes); /* the span's range is a hole now */

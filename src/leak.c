@@ -59,6 +59,17 @@ typedef struct leak_table_s {
 int bmm__leak;              /* [init] 0 off, 1 every block, 2 sampled */
 static size_t sample_bytes; /* [init] leak_sample */
 static atomic_int table_lock;
+
+/* fork: the table is not copied while another thread changes it (the
+ * child's first free of a recorded block would wait for that thread
+ * forever). No other lock of ours is taken while it is held. */
+void bmm__leak_fork_prepare(void) {
+  bmm__spin_lock(&table_lock);
+}
+
+void bmm__leak_fork_release(void) {
+  bmm__spin_unlock(&table_lock);
+}
 static leak_table_t table;
 static __thread bool in_leak; /* the unwinder's own allocations */
 

@@ -4,7 +4,7 @@
  * freed with bmm_pages_free or plain free. Protection works on any
  * page-aligned memory of the process; a large block whose rights it changed
  * gets read+write back when it is freed, shrunk or resized (see
- * rights_changed in types.h).
+ * bmm__rights_map in arena.c).
  */
 #include "internal.h"
 
@@ -44,7 +44,7 @@ static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *
   size_t bytes = atomic_load_explicit(&page->kind, memory_order_relaxed) == BMM_PAGE_SPANS
                      ? bmm__span_usable(p, page)
                      : page->block_size;
-  bmm__arena_restore_rights(bmm__arena_of_page(page), p, bytes);
+  bmm__arena_restore_rights(p, bytes);
   return bmm__pages_resize(p, page, count, mode);
 }
 

@@ -209,10 +209,6 @@ struct bmm_arena_s {
   _Atomic(int64_t) purge_deadline; /* [atomic] ms when marked units go, 0 if none */
   _Atomic(size_t) purged_bytes;    /* [atomic] accounting: decommitted so far */
   atomic_int released; /* [atomic] BMM_ARENA_LIVE, _RELEASED, _REVIVING, _RETIRED */
-  /* [atomic] bmm_pages_protect changed the rights of memory here: a large
-   * block freed (or shrunk) gets read+write back before its pages can be
-   * reused. Sticky: protecting is rare, and one flag costs one load. */
-  _Atomic(uint8_t) rights_changed;
   /* Large spans: everything below is guarded by span_lock. */
   atomic_int span_lock;
   uint32_t span_bin_head[BMM_SPAN_BINS]; /* first page + 1 of a free span, 0: none */
