@@ -27,7 +27,7 @@ static uint32_t odd_inverse(uint32_t m) {
   return x;
 }
 
-/* capacity, installed and live_acct count a page's blocks in 16 bits. */
+/* reserved, installed and live_acct count a page's blocks in 16 bits. */
 _Static_assert(BMM_UNIT_SIZE / BMM_ALIGN <= UINT16_MAX &&
                    BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE / BMM_SMALL_PAGE_MAX <= UINT16_MAX,
                "a page holds at most 65535 blocks");
@@ -41,7 +41,7 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
   page->block_size = bs;
   page->block_shift = (uint8_t)__builtin_ctzll(bs);
   page->block_inv = odd_inverse((uint32_t)(bs >> page->block_shift));
-  page->reserved = (uint32_t)(page->units * BMM_UNIT_SIZE / bs);
+  page->reserved = (uint16_t)(page->units * BMM_UNIT_SIZE / bs);
   __atomic_store_n(&page->capacity, 0, __ATOMIC_RELAXED); /* see bmm__is_carved_block */
   page->used = page->live_acct = 0;
   page->free = page->local_free = NULL;
@@ -70,7 +70,7 @@ void bmm__page_extend(bmm_page_t *page) {
   page->installed = (uint16_t)(page->installed + n); /* read and reset before it can wrap */
   if (bmm__secure) {
     bmm__secure_extend(page, first, n);
-    __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
+    __atomic_store_n(&page->capacity, (uint32_t)(page->capacity + n), __ATOMIC_RELAXED);
     return;
   }
   /* Each block carries the free mark (fastpath.h) as any free block does:
@@ -85,7 +85,7 @@ void bmm__page_extend(bmm_page_t *page) {
   ((bmm_block_t *)p)->next = page->free;
   ((bmm_page_t **)p)[1] = page; /* bmm__mark_free */
   page->free = (bmm_block_t *)first;
-  __atomic_store_n(&page->capacity, (uint16_t)(page->capacity + n), __ATOMIC_RELAXED);
+  __atomic_store_n(&page->capacity, (uint32_t)(page->capacity + n), __ATOMIC_RELAXED);
 }
 
 /* Take the blocks other threads freed into the page; returns how many. */

@@ -137,7 +137,7 @@ void bmm__secure_page_init(bmm_page_t *page) {
   page->key = mix64(secret ^ (uintptr_t)bmm__page_start(page));
   bmm__secure_guard_tail(page);
   size_t room = (size_t)page->units * BMM_UNIT_SIZE - (page->guarded ? BMM_SPAN_PAGE : 0);
-  page->reserved = (uint32_t)(room / page->block_size);
+  page->reserved = (uint16_t)(room / page->block_size);
 }
 
 /* Make the last 4 KiB of the page's units inaccessible (it may be so
