@@ -43,16 +43,24 @@ static _Atomic(bmm_page_t *) abandoned[BMM_CLASS_COUNT]; /* per size class */
  * heap_sweep_abandoned); the last sweep's time. */
 _Atomic(bool) bmm__heap_sweep_wanted;
 static _Atomic(int64_t) sweep_last;
-/* 0, or 1 while a thread sweeps, or 2 while a fork is under way: the
- * pages of the lists a sweep holds would be on no list in the child. */
-static _Atomic(int) sweep_state;
-/* The same for adopters, which may be many at once: how many hold pages
- * they took off an abandoned list, and whether a fork waits for them to
- * put them back (then none starts). Both seq_cst: an adopter counts itself
- * before it looks at the flag, the fork sets the flag before it looks at
- * the count, so one of them sees the other. */
-static atomic_int adopters;
+/* Threads holding pages they took off an abandoned list (adopting or
+ * sweeping): a fork waits until none does, or the child would have those
+ * pages on no list, and none starts while a fork is pending. Both seq_cst:
+ * a holder counts itself before it looks at the flag, the fork sets the
+ * flag before it looks at the count, so one of them sees the other. */
+static atomic_int list_holders;
 static atomic_bool fork_pending;
+
+static bool lists_enter(void) {
+  atomic_fetch_add(&list_holders, 1);
+  if (!atomic_load(&fork_pending)) return true;
+  atomic_fetch_sub(&list_holders, 1);
+  return false;
+}
+
+static void lists_leave(void) {
+  atomic_fetch_sub(&list_holders, 1);
+}
 #define BMM_QUEUE_COUNT (2 * BMM_CLASS_COUNT)
 
 /* Every queue a heap's pages can be in, for walks over all of them: the
@@ -330,11 +338,7 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
   /* Not into a view: its pages must hold its owner's blocks only. */
   if (heap->owner != NULL) return NULL;
   if (atomic_load_explicit(&abandoned[cls], memory_order_relaxed) == NULL) return NULL;
-  atomic_fetch_add(&adopters, 1);
-  if (atomic_load(&fork_pending)) { /* its child would lose what we hold */
-    atomic_fetch_sub(&adopters, 1);
-    return NULL;
-  }
+  if (!lists_enter()) return NULL; /* a fork is pending */
   /* Taking the whole list with one exchange has no ABA problem. acquire:
    * pairs with the abandoning thread's release push, so its writes to the
    * page's lists are visible. */
@@ -358,7 +362,7 @@ static bmm_page_t *heap_adopt_class(bmm_theap_t *heap, size_t qi, int wanted) {
     page = next;
   }
   if (page != NULL) abandoned_put_back(cls, page);
-  atomic_fetch_sub(&adopters, 1);
+  lists_leave();
   if (found != NULL && heap->queues[qi].first != found) {
     heap_queue_remove(heap, found);
     heap_queue_push_front(heap, found);
@@ -655,10 +659,9 @@ static void heap_sweep_abandoned(bmm_theap_t *heap) {
       !atomic_compare_exchange_strong_explicit(&sweep_last, &last, now, memory_order_relaxed,
                                                memory_order_relaxed))
     return;
-  int idle = 0;
-  if (!atomic_compare_exchange_strong_explicit(&sweep_state, &idle, 1, memory_order_acquire,
-                                               memory_order_relaxed))
-    return; /* a fork is under way */
+  /* sweep_last lets one thread in per delay; two sweeps that overlap
+   * anyway take lists by exchange, as adopters do. */
+  if (!lists_enter()) return; /* a fork is pending */
   atomic_store_explicit(&bmm__heap_sweep_wanted, false, memory_order_relaxed);
   size_t seen = 0, c = atomic_load_explicit(&cursor, memory_order_relaxed);
   for (size_t k = 0; k < BMM_CLASS_COUNT; k++, c = (c + 1) % BMM_CLASS_COUNT) {
@@ -685,24 +688,19 @@ static void heap_sweep_abandoned(bmm_theap_t *heap) {
     }
   }
   atomic_store_explicit(&cursor, c, memory_order_relaxed);
-  atomic_store_explicit(&sweep_state, 0, memory_order_release);
+  lists_leave();
 }
 
-/* fork: let a sweep in progress finish (it may take the locks the arena's
- * fork handler takes next, so wait first, holding none) and start none
- * until the fork is over. */
+/* fork: let the threads that hold abandoned pages (adopters, a sweep)
+ * finish, and start none until the fork is over. First among the fork
+ * handlers: they may take the locks the arena's handler takes next, so
+ * wait holding none. */
 void bmm__heap_fork_prepare(void) {
   atomic_store(&fork_pending, true);
-  while (atomic_load(&adopters) != 0) bmm__os_yield();
-  for (int idle = 0; !atomic_compare_exchange_weak_explicit(&sweep_state, &idle, 2,
-                                                            memory_order_acquire,
-                                                            memory_order_relaxed);
-       idle = 0)
-    bmm__os_yield();
+  while (atomic_load(&list_holders) != 0) bmm__os_yield();
 }
 
 void bmm__heap_fork_release(void) {
-  atomic_store_explicit(&sweep_state, 0, memory_order_release);
   atomic_store(&fork_pending, false);
 }
 
