@@ -242,8 +242,9 @@ extern bool bmm__all_slow;
 /* 0 off, 1 on, 2 also whole freed blocks checked; fixed at initialisation
  * and read only by slow paths. */
 extern int bmm__secure;
-/* Secure mode without leak tracking: the slow paths start with secure
- * mode's own short paths (bmm__secure_free, bmm__secure_pop). */
+/* Secure mode at level 1, without zero_on_free or leak tracking: the slow
+ * paths start with secure mode's own short paths (bmm__secure_malloc,
+ * bmm__secure_free), which need not fill or check whole blocks. */
 extern bool bmm__secure_fast;
 /* Bit 1 of a tid: no thread id has it (ids are TCB addresses), so the free
  * fast path's compare always fails: set in every heap's tid when
@@ -304,6 +305,7 @@ void bmm__secure_init(void);
 void bmm__secure_page_init(bmm_page_t *page);
 void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n);
 void *bmm__secure_pop(bmm_page_t *page);
+void *bmm__secure_malloc(bmm_theap_t *heap, size_t size);
 bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call);
 void bmm__secure_free(void *p, bmm_page_t *page, const char *call);
 bool bmm__secure_is_marked(const bmm_page_t *page, const void *p);
@@ -410,6 +412,7 @@ void bmm__large_count_copied(size_t bytes);
 
 /* ---- alloc.c / free.c / aligned.c ------------------------------------ */
 void *bmm__malloc_generic(bmm_theap_t *heap, size_t size);
+void *bmm__malloc_slow(bmm_theap_t *heap, size_t size);
 void *bmm__heap_alloc_slow(bmm_theap_t *heap, size_t qi);
 bmm_theap_t *bmm__heap_get(void);
 void *bmm__malloc_aligned(size_t size, size_t align);

@@ -80,18 +80,25 @@ static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
   return (uint64_t *)((uint8_t *)b + page->block_size - BMM_CANARY);
 }
 
+/* p lies among the page's carved blocks. Not whether it starts one: a
+ * link written without the key decodes to a value as good as random, which
+ * this range misses but for a chance of 2^-40 or less, and a writer who
+ * has the key would name a block start anyway. */
 static inline bool in_page(const bmm_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)bmm__page_start(page);
-  return off < (size_t)page->capacity * page->block_size &&
-         bmm__page_block_index(page, p) < page->capacity;
+  return off < (size_t)page->capacity * page->block_size;
 }
 
 /* A link is the next block's address xor the key, rotated by key bits,
  * xor the link's own address: reading one link reveals neither the key
  * nor how another block's link is written. */
-void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
+static inline void set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
   uint64_t enc = rotl((uintptr_t)next ^ page->key, (unsigned)(page->key >> 58)) ^ (uintptr_t)b;
   b->next = (bmm_block_t *)(uintptr_t)enc;
+}
+
+void bmm__secure_set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
+  set_next(page, b, next);
 }
 
 static bmm_noinline bmm_block_t *bad_link(const bmm_page_t *page, const bmm_block_t *b) {
@@ -103,10 +110,14 @@ static bmm_noinline bmm_block_t *bad_link(const bmm_page_t *page, const bmm_bloc
 /* Decoded link of b; a link that leads outside the page's blocks was
  * overwritten (a write after free): reported, and the list ends here (the
  * blocks after it are lost rather than trusted). */
-static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
+static inline bmm_block_t *decode(const bmm_page_t *page, const bmm_block_t *b) {
   uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
   unsigned r = (unsigned)(page->key >> 58);
-  bmm_block_t *next = (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ page->key);
+  return (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ page->key);
+}
+
+static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
+  bmm_block_t *next = decode(page, b);
   if (bmm_likely(next == NULL || in_page(page, next))) return next;
   return bad_link(page, b);
 }
@@ -159,13 +170,16 @@ void bmm__secure_unguard(bmm_page_t *page) {
 
 /* Blocks are multiples of 16 bytes: a 16-byte one is its link and mark
  * only; a bigger one ends with the freed canary, and what lies between is
- * filled (fill_freed). */
-static void mark_free(const bmm_page_t *page, void *p) {
+ * filled (fill_freed, out of line: level 1 does without). */
+static bmm_noinline void fill_free(const bmm_page_t *page, void *p) {
+  memset((uint64_t *)p + 2, zero_on_free ? 0 : BMM_DEBUG_FILL_FREE,
+         page->block_size - 2 * sizeof(uint64_t) - BMM_CANARY);
+}
+
+static inline void mark_free(const bmm_page_t *page, void *p) {
   uint64_t *w = p;
-  size_t bs = page->block_size;
-  if (bs > 2 * sizeof *w) {
-    if (fill_freed)
-      memset(w + 2, zero_on_free ? 0 : BMM_DEBUG_FILL_FREE, bs - 2 * sizeof *w - BMM_CANARY);
+  if (page->block_size > 2 * sizeof *w) {
+    if (bmm_unlikely(fill_freed)) fill_free(page, p);
     *canary_word(page, p) = freed_canary(page, p);
   }
   w[1] = free_mark(page, p);
@@ -192,7 +206,7 @@ void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n) {
     bmm_block_t *b = (bmm_block_t *)(first + order[i] * bs);
     mark_free(page, b);
     bmm__track_carve(b, bs);
-    bmm__secure_set_next(page, b, next);
+    set_next(page, b, next);
     next = b;
   }
   page->free = next;
@@ -211,32 +225,76 @@ static bmm_noinline void drop_written(bmm_page_t *page, bmm_block_t *b) {
   page->used++;
 }
 
+/* Level 2: the whole of free block b still holds the fill and its freed
+ * canary. Word by word: blocks are multiples of 16 bytes. */
+static bmm_noinline bool fill_intact(const bmm_page_t *page, const bmm_block_t *b) {
+  const uint64_t *w = (const uint64_t *)b;
+  size_t bs = page->block_size;
+  if (bs <= 2 * sizeof *w) return true;
+  uint64_t fill = zero_on_free ? 0 : 0x0101010101010101ull * BMM_DEBUG_FILL_FREE;
+  uint64_t diff = *canary_word(page, b) ^ freed_canary(page, b);
+  for (size_t i = 2; i < (bs - BMM_CANARY) / sizeof *w; i++) diff |= w[i] ^ fill;
+  return diff == 0;
+}
+
 /* Pop the first free block of `page` (which has one), checking that it
  * was not written while free, and arm its canary. NULL when that block
- * was dropped (see drop_written): the caller takes the slow path. */
-void *bmm__secure_pop(bmm_page_t *page) {
+ * was dropped (see drop_written). */
+static inline void *pop(bmm_page_t *page) {
   bmm_block_t *b = page->free;
   uint64_t *w = (uint64_t *)b;
-  size_t bs = page->block_size;
-  bmm__track_internal(b, bs); /* its fill and canary are read and written */
+  bmm__track_internal(b, page->block_size); /* its fill and canary are read and written */
   page->free = next_of(page, b);
-  bool intact = w[1] == free_mark(page, b);
-  if (intact && bmm__secure >= 2 && bs > 2 * sizeof *w) {
-    /* Word by word: blocks are multiples of 16 bytes. */
-    uint64_t fill = zero_on_free ? 0 : 0x0101010101010101ull * BMM_DEBUG_FILL_FREE;
-    uint64_t diff = *canary_word(page, b) ^ freed_canary(page, b);
-    for (size_t i = 2; i < (bs - BMM_CANARY) / sizeof *w; i++) diff |= w[i] ^ fill;
-    intact = diff == 0;
-  }
-  if (bmm_unlikely(!intact)) {
+  if (bmm_unlikely(w[1] != free_mark(page, b) || (bmm__secure >= 2 && !fill_intact(page, b)))) {
     drop_written(page, b);
     return NULL;
   }
   w[0] = w[1] = 0; /* no link or mark leaks to the program */
   *canary_word(page, b) = canary(page, b);
   page->used++;
-  bmm__track_alloc(b, bs - BMM_CANARY);
+  bmm__track_alloc(b, page->block_size - BMM_CANARY);
   return b;
+}
+
+void *bmm__secure_pop(bmm_page_t *page) {
+  return pop(page);
+}
+
+/* secure_malloc's way when the first block of `page` is not plainly
+ * intact: pop it with every check and report; a dropped block sends the
+ * call to the slow path. */
+static bmm_noinline void *malloc_checked(bmm_theap_t *heap, size_t size, bmm_page_t *page) {
+  void *p = pop(page);
+  return p != NULL ? p : bmm__malloc_slow(heap, size);
+}
+
+/* malloc in secure mode (bmm__malloc_generic sends every call here): a
+ * small or medium block from the page the heap's secure table (or, above
+ * BMM_SMALL_MAX, its class queue) puts first, when its link decodes into
+ * the page and its mark is intact; the rest by jumps to functions that
+ * check and report (pop) or do everything else (the slow path), so that
+ * this path needs no stack frame. */
+void *bmm__secure_malloc(bmm_theap_t *heap, size_t size) {
+  if (bmm_likely(size <= BMM_MEDIUM_MAX - BMM_CANARY)) {
+    size_t need = (size == 0 ? 1 : size) + BMM_CANARY; /* bmm__class_request's */
+    bmm_page_t *page = need <= BMM_SMALL_MAX ? heap->sdirect[(need + BMM_ALIGN - 1) / BMM_ALIGN]
+                                             : heap->queues[bmm__class_of(need)].first;
+    if (bmm_likely(page != NULL && page->free != NULL)) {
+      bmm_block_t *b = page->free;
+      uint64_t *w = (uint64_t *)b;
+      bmm__track_internal(b, page->block_size);
+      bmm_block_t *next = decode(page, b);
+      if (bmm_unlikely((next != NULL && !in_page(page, next)) || w[1] != free_mark(page, b)))
+        return malloc_checked(heap, size, page);
+      page->free = next;
+      w[0] = w[1] = 0; /* no link or mark leaks to the program */
+      *canary_word(page, b) = canary(page, b);
+      page->used++;
+      bmm__track_alloc(b, page->block_size - BMM_CANARY);
+      return b;
+    }
+  }
+  return bmm__malloc_slow(heap, size);
 }
 
 /* p (a block start of `page`) carries the mark of a free block. */
@@ -310,8 +368,15 @@ void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
     if (bmm_likely(w[1] != free_mark(page, p))) {
       bmm__track_internal(canary_word(page, p), BMM_CANARY);
       if (bmm_likely(*canary_word(page, p) == canary(page, p))) {
-        mark_free(page, p);
-        bmm__free_local(page, p);
+        /* bmm__free_local, knowing the mode (no fill: bmm__secure_fast) */
+        if (page->block_size > 2 * sizeof *w) *canary_word(page, p) = freed_canary(page, p);
+        ((uint64_t *)p)[1] = free_mark(page, p);
+        bmm__track_free(p, page->block_size);
+        set_next(page, p, page->local_free);
+        page->local_free = p;
+        if (bmm_unlikely(--page->used == 0 || page->in_full))
+          bmm__heap_page_unfull_or_retire(
+              atomic_load_explicit(&page->heap, memory_order_relaxed), page);
         return;
       }
     }
