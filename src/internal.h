@@ -304,6 +304,10 @@ bmm_inline size_t bmm__class_request(size_t size) {
 void bmm__secure_init(void);
 void bmm__secure_page_init(bmm_page_t *page);
 void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n);
+/* Secure mode carves 32 KiB at a time, not 4 KiB: 8 streams of one OS
+ * page each, interleaved at random (see bmm__secure_extend). A class used
+ * for a few objects costs up to 32 KiB of RSS then. */
+#define BMM_SECURE_EXTEND_BYTES ((size_t)32768)
 void *bmm__secure_pop(bmm_page_t *page);
 void *bmm__secure_malloc(bmm_theap_t *heap, size_t size);
 bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call);

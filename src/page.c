@@ -63,7 +63,7 @@ void bmm__page_init(bmm_page_t *page, bmm_theap_t *heap, size_t cls) {
 void bmm__page_extend(bmm_page_t *page) {
   bmm_assert(page->capacity < page->reserved);
   size_t bs = page->block_size;
-  size_t n = BMM_PAGE_EXTEND_BYTES / bs;
+  size_t n = (bmm__secure ? BMM_SECURE_EXTEND_BYTES : BMM_PAGE_EXTEND_BYTES) / bs;
   if (n == 0) n = 1;
   if (n > page->reserved - page->capacity) n = page->reserved - page->capacity;
   uint8_t *first = bmm__page_start(page) + (size_t)page->capacity * bs;
