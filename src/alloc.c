@@ -178,7 +178,11 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
   }
   /* Keep the block when the new size fits and does not waste more than
    * half of it (expand keeps it whenever it fits). */
-  if (size <= usable && (size >= usable / 2 || mode == BMM_RESIZE_EXPAND)) return p;
+  if (size <= usable && (size >= usable / 2 || mode == BMM_RESIZE_EXPAND)) {
+    if (bmm_unlikely(bmm__secure) && (kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM))
+      bmm__secure_note_size(page, p, size);
+    return p;
+  }
   if (mode == BMM_RESIZE_EXPAND) {
     errno = ENOMEM;
     return NULL;

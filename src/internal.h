@@ -316,6 +316,7 @@ bool bmm__secure_is_marked(const bmm_page_t *page, const void *p);
 void bmm__secure_guard_tail(bmm_page_t *page);
 void bmm__secure_unguard(bmm_page_t *page);
 void bmm__secure_check_size(void *p, size_t size, const char *call);
+void bmm__secure_note_size(bmm_page_t *page, void *p, size_t size);
 
 /* ---- leak.c: leak reports ------------------------------------------------ */
 /* 0 off, 1 every block recorded, 2 sampled (leak_sample bytes); fixed at

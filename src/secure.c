@@ -76,6 +76,13 @@ static inline uint64_t freed_canary(const bmm_page_t *page, const void *b) {
   return ~canary(page, b);
 }
 
+/* What a live block that bmm_expand shrank below half of itself holds
+ * instead of its canary: as good against overflows, and a sized free of
+ * it may then name any size the block holds (see bmm__secure_check_size). */
+static inline uint64_t shrunk_canary(const bmm_page_t *page, const void *b) {
+  return canary(page, b) ^ 1;
+}
+
 static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
   return (uint64_t *)((uint8_t *)b + page->block_size - BMM_CANARY);
 }
@@ -339,7 +346,7 @@ bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call) {
     bmm__error_block(p, call, "double free", bs);
     return false;
   }
-  if (bmm_unlikely(c != canary(page, p))) {
+  if (bmm_unlikely(c != canary(page, p) && c != shrunk_canary(page, p))) {
     bmm__error_block(p, call, "heap buffer overflow: the canary after the block was overwritten",
                      bs);
     return false;
@@ -348,17 +355,32 @@ bool bmm__secure_free_check(bmm_page_t *page, void *p, const char *call) {
   return true;
 }
 
+/* bmm_expand kept the small or medium block p (of `page`, live) for
+ * `size` bytes: below half of it, a sized free may name that size. */
+void bmm__secure_note_size(bmm_page_t *page, void *p, size_t size) {
+  if (size >= bmm__page_usable(page) / 2) return;
+  uint64_t *c = canary_word(page, p);
+  bmm__track_internal(c, BMM_CANARY);
+  if (*c == canary(page, p)) *c = shrunk_canary(page, p); /* else free reports it */
+}
+
 /* free_sized and sized delete: the size must be one the block could have
  * been allocated for: one of its size class, or (realloc keeps a block
- * that shrinks to half of it or more) at least half of it. */
+ * that shrinks to half of it or more) at least half of it, or any it
+ * holds after bmm_expand shrank it below half. */
 void bmm__secure_check_size(void *p, size_t size, const char *call) {
   bmm_page_t *page = bmm__page_of(p);
   size_t usable = bmm__usable_size_checked(p, NULL);
   if (page == NULL || usable == 0) return; /* free reports it */
   bool ok = size <= usable;
   uint8_t kind = atomic_load_explicit(&page->kind, memory_order_relaxed);
-  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && page->align_log == 0)
-    ok = ok && (bmm__class_of(bmm__class_request(size)) == page->class_idx || size >= usable / 2);
+  if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && page->align_log == 0 && ok &&
+      bmm__class_of(bmm__class_request(size)) != page->class_idx && size < usable / 2) {
+    uint64_t *c = canary_word(page, p);
+    bmm__track_internal(c, BMM_CANARY);
+    if (*c != canary(page, p) && *c != shrunk_canary(page, p)) return; /* free reports it */
+    ok = *c == shrunk_canary(page, p);
+  }
   if (bmm_unlikely(!ok))
     bmm__error_block(p, call, "size does not match the block being freed",
                      kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM ? page->block_size : usable);

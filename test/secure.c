@@ -288,6 +288,34 @@ static void free_sized_after_realloc(void *arg) {
   }
 }
 
+/* bmm_expand may shrink a block in place below half of it; a sized free
+ * then names the size it was given. An overflow past the usable size is
+ * still caught after it (overflow_after_expand). */
+static void free_sized_after_expand(void *arg) {
+  (void)arg;
+  static const size_t from[] = {1000, 1000, 200, 5000, 40000, 24};
+  static const size_t to[] = {10, 100, 50, 1000, 8, 1};
+  for (size_t i = 0; i < sizeof from / sizeof from[0]; i++) {
+    void *p = bmm_malloc(from[i]);
+    CHECK(bmm_expand(p, to[i]) == p);
+    bmm_free_sized(p, to[i]);
+  }
+}
+
+static void free_sized_small_wrong(void *arg) {
+  (void)arg;
+  bmm_free_sized(bmm_malloc(1000), 10);
+}
+
+static void overflow_after_expand(void *arg) {
+  (void)arg;
+  unsigned char *p = bmm_malloc(1000);
+  if (bmm_expand(p, 10) != p) _exit(3);
+  size_t usable = bmm_usable_size(p);
+  p[usable] = 1;
+  bmm_free_sized(p, 10);
+}
+
 /* 9. One byte past a large block: its guard page. */
 static void overflow_large(void *arg) {
   size_t size = (uintptr_t)arg;
@@ -467,6 +495,11 @@ static void run_misuse_cases(void) {
   expect_clean("free_sized with the right sizes", free_sized_right, NULL);
   expect_clean("free_aligned_sized with the right sizes", free_aligned_sized_right, NULL);
   expect_clean("free_sized with the size given to realloc", free_sized_after_realloc, NULL);
+  expect_clean("free_sized with the size given to bmm_expand", free_sized_after_expand, NULL);
+  expect_abort("free_sized with a size of another class", free_sized_small_wrong, NULL,
+               "free_sized", "size does not match", NULL, NULL);
+  expect_abort("overflow after bmm_expand shrank the block", overflow_after_expand, NULL,
+               "free_sized", "heap buffer overflow", NULL, NULL);
   expect_signal("one byte past a 100000-byte block", overflow_large, (void *)(uintptr_t)100000,
                 SIGSEGV);
   expect_signal("one byte past a 1 MiB block", overflow_large, (void *)(uintptr_t)MiB, SIGSEGV);
