@@ -146,7 +146,7 @@ bmm_inline bool bmm__span_keeps(size_t size, size_t usable) {
  * whose page count stays: returns p. A live plain small or medium block
  * that must move: returns NULL with *move = its usable size (the caller
  * moves it). Anything else (other large blocks, aligned blocks, other
- * pointers, misuse, secure mode): NULL with *move = 0, for the slow path,
+ * pointers, misuse): NULL with *move = 0, for the slow path,
  * which sorts them out and reports. */
 bmm_inline void *bmm__realloc_in_place(void *p, size_t size, size_t *move) {
   *move = 0;
@@ -158,10 +158,17 @@ bmm_inline void *bmm__realloc_in_place(void *p, size_t size, size_t *move) {
     return usable != 0 && bmm__span_keeps(size, usable) ? p : NULL;
   }
   if (kind != BMM_PAGE_SMALL && kind != BMM_PAGE_MEDIUM) return NULL;
-  /* A freed block (or secure mode, which marks them its own way) goes to
-   * the slow path, which reports a realloc of a freed block. */
-  if (!bmm__is_carved_block(page, p) || bmm__is_marked_free(page, p) || bmm__secure) return NULL;
+  /* A freed block goes to the slow path, which reports a realloc of it.
+   * Secure mode marks free blocks its own way, and keeps a canary after
+   * the usable bytes. */
+  if (!bmm__is_carved_block(page, p)) return NULL;
   size_t usable = page->block_size;
+  if (bmm_unlikely(bmm__secure)) {
+    if (bmm__secure_is_marked(page, p)) return NULL;
+    usable -= BMM_CANARY;
+  } else if (bmm__is_marked_free(page, p)) {
+    return NULL;
+  }
   if (size <= usable && size >= usable / 2) return p;
   if (page->align_log == 0) *move = usable; /* an aligned one keeps its alignment: slow */
   return NULL;
