@@ -78,9 +78,7 @@ void bmm__modes_init(void) {
   bmm__secure_init();
   bmm__leak_init();
   bmm__all_slow = bmm__secure || bmm__leak == 1;
-  /* Level 2 and zero_on_free fill every freed block: their whole-block
-   * work takes the slow paths, and the short ones need not test for it. */
-  bmm__secure_fast = bmm__secure == 1 && !bmm__options[BMM_OPTION_ZERO_ON_FREE] && !bmm__leak;
+  bmm__secure_fast = bmm__secure && !bmm__leak;
 }
 
 /* Whether those options may still change: nothing allocated yet (no

@@ -242,9 +242,8 @@ extern bool bmm__all_slow;
 /* 0 off, 1 on, 2 also whole freed blocks checked; fixed at initialisation
  * and read only by slow paths. */
 extern int bmm__secure;
-/* Secure mode at level 1, without zero_on_free or leak tracking: the slow
- * paths start with secure mode's own short paths (bmm__secure_malloc,
- * bmm__secure_free), which need not fill or check whole blocks. */
+/* Secure mode without leak tracking: the slow paths start with secure
+ * mode's own short paths (bmm__secure_malloc, bmm__secure_free). */
 extern bool bmm__secure_fast;
 /* Bit 1 of a tid: no thread id has it (ids are TCB addresses), so the free
  * fast path's compare always fails: set in every heap's tid when

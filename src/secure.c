@@ -307,7 +307,8 @@ void *bmm__secure_malloc(bmm_theap_t *heap, size_t size) {
       uint64_t *w = (uint64_t *)b;
       bmm__track_internal(b, page->block_size);
       bmm_block_t *next = decode(page, b);
-      if (bmm_unlikely((next != NULL && !in_page(page, next)) || w[1] != free_mark(page, b)))
+      if (bmm_unlikely((next != NULL && !in_page(page, next)) || w[1] != free_mark(page, b) ||
+                       fill_freed))
         return malloc_checked(heap, size, page);
       page->free = next;
       w[0] = w[1] = 0; /* no link or mark leaks to the program */
@@ -387,6 +388,24 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
 }
 
 /* ---- Fast paths ----------------------------------------------------------- */
+/* bmm__free_local, knowing the mode: p (marked free) onto the local list
+ * of its page, which the calling thread owns. */
+static inline void push_local(bmm_page_t *page, void *p) {
+  bmm__track_free(p, page->block_size);
+  set_next(page, p, page->local_free);
+  page->local_free = p;
+  if (bmm_unlikely(--page->used == 0 || page->in_full))
+    bmm__heap_page_unfull_or_retire(atomic_load_explicit(&page->heap, memory_order_relaxed),
+                                    page);
+}
+
+/* bmm__secure_free's way for level 2 and zero_on_free: out of line, so
+ * that the common path needs no stack frame for the fill. */
+static bmm_noinline void free_filled(bmm_page_t *page, void *p) {
+  mark_free(page, p);
+  push_local(page, p);
+}
+
 /* Secure mode's free (bmm__free_generic sends it every pointer of BrainMM's
  * regions). The common case is handled here: a block the page has carved,
  * of a page the calling thread owns and that is not full (its tid is
@@ -406,15 +425,13 @@ void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
     if (bmm_likely(w[1] != free_mark(page, p))) {
       bmm__track_internal(canary_word(page, p), BMM_CANARY);
       if (bmm_likely(*canary_word(page, p) == canary(page, p))) {
-        /* bmm__free_local, knowing the mode (no fill: bmm__secure_fast) */
+        if (bmm_unlikely(fill_freed)) {
+          free_filled(page, p);
+          return;
+        }
         if (page->block_size > 2 * sizeof *w) *canary_word(page, p) = freed_canary(page, p);
         ((uint64_t *)p)[1] = free_mark(page, p);
-        bmm__track_free(p, page->block_size);
-        set_next(page, p, page->local_free);
-        page->local_free = p;
-        if (bmm_unlikely(--page->used == 0 || page->in_full))
-          bmm__heap_page_unfull_or_retire(
-              atomic_load_explicit(&page->heap, memory_order_relaxed), page);
+        push_local(page, p);
         return;
       }
     }
