@@ -77,23 +77,28 @@ static inline uint64_t freed_canary(const bmm_page_t *page, const void *b) {
 }
 
 /* What a live block that bmm_expand shrank below half of itself holds
- * instead of its canary: as good against overflows, and a sized free of
- * it may then name any size the block holds (see bmm__secure_check_size). */
+ * instead of its canary, and a sized free of it may then name any size the
+ * block holds (see bmm__secure_check_size). It differs from the canary by
+ * a keyed word (odd: never zero; never all ones, the freed canary's, but
+ * for a chance of 2^-63), so that an overflow cannot turn one into the
+ * other by a known change (canary ^ 1 let `buf[len] ^= 1` pass). Slow
+ * paths only: the mix costs nothing there. */
 static inline uint64_t shrunk_canary(const bmm_page_t *page, const void *b) {
-  return canary(page, b) ^ 1;
+  return canary(page, b) ^ (mix64(page->key ^ 0x5bd1e9955bd1e995ull) | 1);
 }
 
 static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
   return (uint64_t *)((uint8_t *)b + page->block_size - BMM_CANARY);
 }
 
-/* p lies among the page's carved blocks. Not whether it starts one: a
- * link written without the key decodes to a value as good as random, which
- * this range misses but for a chance of 2^-40 or less, and a writer who
- * has the key would name a block start anyway. */
+/* p lies among the page's carved blocks, 16-aligned: its first 16 bytes
+ * (link and mark) are the page's. What malloc's short path tests before
+ * it reads p's mark; a p that does not start a block fails that mark (no
+ * writer without the key can forge it) and goes to the checking pop,
+ * whose next_of tests the block start too. */
 static inline bool in_page(const bmm_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)bmm__page_start(page);
-  return off < (size_t)page->capacity * page->block_size;
+  return off < (size_t)page->capacity * page->block_size && (off & (BMM_ALIGN - 1)) == 0;
 }
 
 /* A link is the next block's address xor the key, rotated by key bits,
@@ -125,7 +130,9 @@ static inline bmm_block_t *decode(const bmm_page_t *page, const bmm_block_t *b) 
 
 static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
   bmm_block_t *next = decode(page, b);
-  if (bmm_likely(next == NULL || in_page(page, next))) return next;
+  if (bmm_likely(next == NULL ||
+                 (in_page(page, next) && bmm__page_block_index(page, next) < page->capacity)))
+    return next;
   return bad_link(page, b);
 }
 
@@ -378,6 +385,7 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
   if ((kind == BMM_PAGE_SMALL || kind == BMM_PAGE_MEDIUM) && page->align_log == 0 && ok &&
       bmm__class_of(bmm__class_request(size)) != page->class_idx && size < usable / 2) {
     uint64_t *c = canary_word(page, p);
+    if (bmm__secure_is_marked(page, p)) return; /* a double free: free reports it */
     bmm__track_internal(c, BMM_CANARY);
     if (*c != canary(page, p) && *c != shrunk_canary(page, p)) return; /* free reports it */
     ok = *c == shrunk_canary(page, p);

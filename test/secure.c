@@ -143,6 +143,15 @@ static void overflow_block(void *arg) {
   bmm_free((void *)p);
 }
 
+/* 1b. One bit of it: every bit counts. */
+static void overflow_one_bit(void *arg) {
+  (void)arg;
+  volatile unsigned char *p = bmm_malloc(40);
+  size_t usable = bmm_usable_size((void *)p);
+  p[usable] ^= 1;
+  bmm_free((void *)p);
+}
+
 static void overflow_aligned(void *arg) {
   (void)arg;
   volatile unsigned char *p = bmm_malloc_aligned(100, 64);
@@ -312,7 +321,7 @@ static void overflow_after_expand(void *arg) {
   unsigned char *p = bmm_malloc(1000);
   if (bmm_expand(p, 10) != p) _exit(3);
   size_t usable = bmm_usable_size(p);
-  p[usable] = 1;
+  p[usable] ^= 1; /* one bit of the canary: any change is caught */
   bmm_free_sized(p, 10);
 }
 
@@ -458,6 +467,8 @@ static void run_misuse_cases(void) {
     expect_abort(name, overflow_block, (void *)(uintptr_t)small[i], "free", "overflow", NULL,
                  "size class");
   }
+  expect_abort("overflow that flips one bit", overflow_one_bit, NULL, "free", "overflow", NULL,
+               NULL);
   expect_abort("overflow of an aligned block", overflow_aligned, NULL, "free", "overflow", NULL,
                "size class");
   static const size_t dbl[] = {24, 40000};
