@@ -87,6 +87,18 @@ void bmm__verbose(const char *what, size_t value) {
   line_emit(&l);
 }
 
+/* A state BrainMM cannot go on from without handing out memory that is
+ * not there (or not its own): one line, then abort, whatever
+ * abort_on_error says. */
+_Noreturn void bmm__fatal(const char *what) {
+  line_t l = {.len = 0};
+  line_add(&l, "brainmm: fatal: ");
+  line_add(&l, what);
+  line_add(&l, "; aborting");
+  line_emit(&l);
+  bmm__os_abort();
+}
+
 _Noreturn void bmm__assert_fail(const char *expr, const char *file, int line,
                                 const char *func) {
   line_t l = {.len = 0};

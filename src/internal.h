@@ -488,6 +488,7 @@ void bmm__error(const void *p, const char *call, const char *what);
 void bmm__error_block(const void *p, const char *call, const char *what, size_t block_size);
 void bmm__warning(const char *what, const char *detail);
 void bmm__verbose(const char *what, size_t value);
+_Noreturn void bmm__fatal(const char *what);
 _Noreturn void bmm__assert_fail(const char *expr, const char *file, int line,
                                 const char *func);
 

@@ -587,6 +587,14 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
  * memory: with strict commit accounting that is inaccessible, though the
  * arena counts it committed (a later write there faulted). Remap only
  * where commit is a no-op; copy otherwise. */
+/* Map the hole a remap left in an arena again. Should the kernel refuse
+ * (out of mappings), the span's pages would be handed out later with
+ * nothing mapped there, or with another mmap's memory: that is fatal. */
+static void rereserve(void *addr, size_t bytes) {
+  if (bmm_unlikely(!bmm__os_rereserve(addr, bytes)))
+    bmm__fatal("could not map again the pages a large block was moved from (out of mappings?)");
+}
+
 static bool remap_ok(void) {
   return bmm__os_commit_keeps_rights();
 }
@@ -610,7 +618,7 @@ static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
     /* The range the last moved chunk left is unmapped: map it again (and,
      * after a failed remap, copy the rest the ordinary way). */
     size_t hole = off == 0 ? 0 : (off < shift ? off : shift);
-    if (hole) bmm__os_rereserve(src + off - hole, hole);
+    if (hole) rereserve(src + off - hole, hole);
     if (off == bytes) return;
     memmove(dst + off, src + off, bytes - off);
     bmm__large_count_copied(bytes - off);
@@ -746,7 +754,7 @@ static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   bmm__arena_restore_rights(p, bytes);
   uint8_t *q = bytes >= ((size_t)1 << 20) && remap_ok() ? bmm__huge_adopt(p, bytes, size) : NULL;
   if (q != NULL) {
-    bmm__os_rereserve(p, bytes); /* the span's range is a hole now */
+    rereserve(p, bytes); /* the span's range is a hole now */
   } else {
     q = bmm__huge_alloc(size, 0);
     if (q == NULL) return NULL;
@@ -813,7 +821,7 @@ void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mo
   if (mode == BMM_RESIZE_REALLOC) {
     size_t keep = old_bytes < bytes ? old_bytes : bytes;
     if (keep >= ((size_t)1 << 20) && remap_ok() && bmm__os_remap(p, keep, keep, n) == n) {
-      bmm__os_rereserve(p, keep);
+      rereserve(p, keep);
     } else {
       memcpy(n, p, keep);
       bmm__large_count_copied(keep);
