@@ -25,6 +25,11 @@
 int bmm__secure;
 bool bmm__secure_fast;
 static uint64_t secret; /* [init] the per-page keys derive from it */
+/* [init] Canaries are keyed with the page key xor this, so that the word
+ * right after a live block (what an over-read of a few bytes shows, say a
+ * string read past its end) does not give away the key of the page's
+ * links. A reader of a free block sees its link anyway. */
+static uint64_t canary_secret;
 /* [init] zero_on_free: freed blocks are cleared (and, at level 2,
  * checked for zero rather than for the free fill). Fixed with the mode: a
  * block freed under one fill must be checked against that fill. */
@@ -53,6 +58,8 @@ void bmm__secure_init(void) {
    * (time, address-space layout); weaker, but never a fixed key. */
   if (!bmm__os_random(&secret, sizeof secret))
     secret = mix64((uint64_t)bmm__os_now_ms() ^ (uintptr_t)&secret ^ bmm__os_thread_id());
+  if (!bmm__os_random(&canary_secret, sizeof canary_secret))
+    canary_secret = mix64(secret + 0x9e3779b97f4a7c15ull);
 }
 
 /* ---- Keys, links and marks ---------------------------------------------- */
@@ -65,7 +72,7 @@ static inline uint64_t free_mark(const bmm_page_t *page, const void *b) {
 }
 
 static inline uint64_t canary(const bmm_page_t *page, const void *b) {
-  return ~page->key ^ (uintptr_t)b;
+  return ~(page->key ^ canary_secret) ^ (uintptr_t)b;
 }
 
 /* What a free block above 16 bytes holds in its canary word instead: a
@@ -83,8 +90,10 @@ static inline uint64_t freed_canary(const bmm_page_t *page, const void *b) {
  * for a chance of 2^-63), so that an overflow cannot turn one into the
  * other by a known change (canary ^ 1 let `buf[len] ^= 1` pass). Slow
  * paths only: the mix costs nothing there. */
+/* (The mix is of the canary's key: one who reads both words learns no
+ * more than the canary told.) */
 static inline uint64_t shrunk_canary(const bmm_page_t *page, const void *b) {
-  return canary(page, b) ^ (mix64(page->key ^ 0x5bd1e9955bd1e995ull) | 1);
+  return canary(page, b) ^ (mix64(page->key ^ canary_secret) | 1);
 }
 
 static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
