@@ -237,7 +237,7 @@ void bmm__secure_extend(bmm_page_t *page, uint8_t *first, size_t n) {
   bmm_block_t *head = NULL, *prev = NULL;
   for (size_t i = 0; i < n; i++) {
     if (i % 8 == 0) rng = mix64(rng + 0x9e3779b97f4a7c15ull);
-    size_t j = (size_t)(rng >> (8 * (i % 8)) & 0xff) % k;
+    size_t j = (size_t)(rng >> (8 * (i % 8)) & 0xff) * k >> 8; /* a byte scaled to [0, k) */
     while (at[j] == end[j]) /* that stream is done: the next one that is not */
       j = j + 1 == k ? 0 : j + 1;
     bmm_block_t *b = (bmm_block_t *)(first + at[j]++ * bs);
