@@ -862,17 +862,33 @@ void *bmm__huge_alloc(size_t size, size_t align) {
 }
 
 /* A huge block of `size` bytes whose first `have` bytes are the pages at
- * `data` (moved there, not copied: mremap moves page tables). The data
- * becomes one mapping of its own, so it can later grow with mremap; the
- * header is another. NULL (and `data` untouched) on failure. */
+ * `data` (moved there, not copied: mremap moves page tables; `data` stays
+ * mapped, see bmm__os_move). The data must be one mapping of its own, so
+ * that it can later grow with mremap; moved pages do not merge with the
+ * reservation around them, so the range after them is given back and the
+ * moved mapping grows over it. Another thread's mmap may take that range
+ * meanwhile: then the pages go back to `data` and nothing of that range is
+ * touched. NULL (`data` as it was) on failure. */
 void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   size_t ps = bmm__os_page_size(), offset = huge_offset(0), g = huge_guard();
   if (size > SIZE_MAX - offset - ps - g) return NULL;
   size_t bytes = (size + ps - 1) & ~(ps - 1);
+  if (have > bytes || (have & (ps - 1)) != 0) return NULL;
   bmm_arena_t *h = bmm__os_reserve_aligned(offset + bytes + g, BMM_REGION_SIZE, true);
   if (h == NULL) return NULL;
-  if (bmm__os_remap(data, have, bytes, (uint8_t *)h + offset) == NULL) {
-    bmm__os_release(h, offset + bytes + g);
+  uint8_t *d = (uint8_t *)h + offset;
+  if (bytes > have) bmm__os_release(d + have, bytes - have);
+  if (!bmm__os_move(data, have, d)) {
+    bmm__os_release(h, offset + have);
+    bmm__os_release(d + bytes, g);
+    return NULL;
+  }
+  if (bytes > have && bmm__os_remap(d, have, bytes, NULL) != d) {
+    /* Not ours any more: leave it alone, and put the pages back. */
+    if (!bmm__os_move(d, have, data))
+      bmm__fatal("could not move a large block's pages back (out of mappings?)");
+    bmm__os_release(h, offset + have);
+    bmm__os_release(d + bytes, g);
     return NULL;
   }
   bmm_page_t *page = huge_init(h, offset, offset + bytes + g);

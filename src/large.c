@@ -583,26 +583,18 @@ void bmm__span_free(void *p, bmm_page_t *unit, const char *call) {
 
 /* ---- Resizing ------------------------------------------------------------ */
 
-/* Moving pages by remapping leaves a hole, mapped again as reserved
- * memory: with strict commit accounting that is inaccessible, though the
- * arena counts it committed (a later write there faulted). Remap only
- * where commit is a no-op; copy otherwise. */
-/* Map the hole a remap left in an arena again. Should the kernel refuse
- * (out of mappings), the span's pages would be handed out later with
- * nothing mapped there, or with another mmap's memory: that is fatal. */
-static void rereserve(void *addr, size_t bytes) {
-  if (bmm_unlikely(!bmm__os_rereserve(addr, bytes)))
-    bmm__fatal("could not map again the pages a large block was moved from (out of mappings?)");
-}
-
+/* Pages move by bmm__os_move, which leaves no hole: the range they left
+ * stays mapped, as fresh pages the arena hands out again. Only where
+ * commit is a no-op (with strict commit accounting a moved range's charge
+ * and rights would have to follow it); copy otherwise. */
 static bool remap_ok(void) {
   return bmm__os_commit_keeps_rights();
 }
 
 /* Move `bytes` of data from src down to dst (dst < src, both page
  * aligned). Big blocks move by remapping chunks of (src - dst) bytes, each
- * into the hole the previous one left, when that takes few system calls;
- * the last hole is mapped afresh. Otherwise memmove. */
+ * over the range the previous one left, when that takes few system calls.
+ * Otherwise memmove. */
 static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
   size_t shift = (size_t)(src - dst);
   /* The pages on the left were free: memory checkers see them as off
@@ -612,14 +604,10 @@ static void move_down(uint8_t *dst, uint8_t *src, size_t bytes) {
     size_t off = 0;
     while (off < bytes) {
       size_t chunk = bytes - off < shift ? bytes - off : shift;
-      if (bmm__os_remap(src + off, chunk, chunk, dst + off) == NULL) break;
+      if (!bmm__os_move(src + off, chunk, dst + off)) break;
       off += chunk;
     }
-    /* The range the last moved chunk left is unmapped: map it again (and,
-     * after a failed remap, copy the rest the ordinary way). */
-    size_t hole = off == 0 ? 0 : (off < shift ? off : shift);
-    if (hole) rereserve(src + off - hole, hole);
-    if (off == bytes) return;
+    if (off == bytes) return; /* else the rest is copied the ordinary way */
     memmove(dst + off, src + off, bytes - off);
     bmm__large_count_copied(bytes - off);
     return;
@@ -753,9 +741,7 @@ static void *span_to_huge(void *p, bmm_page_t *unit, size_t size) {
   /* Remapped pages keep their rights, in a region with no flag for them. */
   bmm__arena_restore_rights(p, bytes);
   uint8_t *q = bytes >= ((size_t)1 << 20) && remap_ok() ? bmm__huge_adopt(p, bytes, size) : NULL;
-  if (q != NULL) {
-    rereserve(p, bytes); /* the span's range is a hole now */
-  } else {
+  if (q == NULL) {
     q = bmm__huge_alloc(size, 0);
     if (q == NULL) return NULL;
     memcpy(q, p, bytes);
@@ -820,9 +806,7 @@ void *bmm__pages_resize(void *p, bmm_page_t *page, size_t count, bmm_resize_t mo
   }
   if (mode == BMM_RESIZE_REALLOC) {
     size_t keep = old_bytes < bytes ? old_bytes : bytes;
-    if (keep >= ((size_t)1 << 20) && remap_ok() && bmm__os_remap(p, keep, keep, n) == n) {
-      rereserve(p, keep);
-    } else {
+    if (keep < ((size_t)1 << 20) || !remap_ok() || !bmm__os_move(p, keep, n)) {
       memcpy(n, p, keep);
       bmm__large_count_copied(keep);
     }

@@ -135,10 +135,15 @@ void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr
   return p == MAP_FAILED ? NULL : p;
 }
 
-bool bmm__os_rereserve(void *addr, size_t size) {
-  int prot = os_is_strict_commit() ? PROT_NONE : PROT_READ | PROT_WRITE;
-  void *p = mmap(addr, size, prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  return p != MAP_FAILED;
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4 /* Linux 5.7; C libraries before 2.32 lack the name */
+#endif
+
+bool bmm__os_move(void *src, size_t size, void *dst) {
+  int saved = errno; /* a refusal is an answer, not an error of the caller's call */
+  void *p = mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+  errno = saved;
+  return p == dst;
 }
 
 bool bmm__os_reserve_at(void *addr, size_t size) {

@@ -50,9 +50,15 @@ bool bmm__os_decommit(void *addr, size_t size, bool lazy);
  * reserved that range), without copying its pages. NULL on failure. */
 void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr);
 
-/* Map fresh reserved address space over [addr, addr+size) again, e.g.
- * after its pages were moved away with bmm__os_remap. */
-bool bmm__os_rereserve(void *addr, size_t size);
+/* Move the pages of [src, src+size) to [dst, dst+size), a range of ours
+ * whose pages are dropped, without copying them; src stays mapped, as
+ * fresh zero pages (MREMAP_DONTUNMAP, Linux 5.7). Neither range is a hole
+ * at any moment, which another thread's mmap could take and a later
+ * MAP_FIXED would silently replace. Moved pages keep their mapping's
+ * identity: they do not merge with the mapping around dst. False when the
+ * kernel refuses (before 5.7, or out of mappings; it checks that before
+ * it drops dst's pages): nothing moved, copy instead. */
+bool bmm__os_move(void *src, size_t size, void *dst);
 
 /* Reserve exactly [addr, addr+size) again after it was released, only if
  * nothing else was mapped there meanwhile. */
