@@ -28,7 +28,12 @@ static uint64_t secret; /* [init] the per-page keys derive from it */
 /* [init] Canaries are keyed with the page key xor this, so that the word
  * right after a live block (what an over-read of a few bytes shows, say a
  * string read past its end) does not give away the key of the page's
- * links. A reader of a free block sees its link anyway. */
+ * links. What it does not protect: a read of a free block, whose mark is
+ * keyed with the page key alone and whose link gives that key away to one
+ * who can guess where it points; with that key, one canary of the page
+ * gives this secret, and then every canary its page's key. Keeping them
+ * apart would take a second key per page, and the page descriptor has no
+ * room for one. */
 static uint64_t canary_secret;
 /* [init] zero_on_free: freed blocks are cleared (and, at level 2,
  * checked for zero rather than for the free fill). Fixed with the mode: a
