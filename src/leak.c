@@ -209,9 +209,13 @@ void bmm__leak_on_alloc(bmm_theap_t *heap, bmm_page_t *page, size_t qi, void *bl
     return;
   }
   bmm_block_t *rest = page->free, *last = NULL;
-  for (size_t i = 1; i < k; i++) {
+  for (size_t i = 1; i < k && rest != NULL; i++) {
     last = rest;
     rest = bmm__next(page, rest);
+  }
+  if (bmm_unlikely(rest == NULL)) { /* shorter than counted: cut at a corrupted link */
+    bmm__leak_record(block, bmm__page_usable(page), page);
+    return;
   }
   if (last != NULL)
     bmm__set_next(page, last, NULL);

@@ -142,11 +142,15 @@ static inline bmm_block_t *decode(const bmm_page_t *page, const bmm_block_t *b) 
   return (bmm_block_t *)(uintptr_t)(rotl(enc, 64 - r) ^ page->key);
 }
 
+/* A decoded link the list may follow: the end, or a block the page carved. */
+static inline bool link_ok(const bmm_page_t *page, const bmm_block_t *next) {
+  return next == NULL ||
+         (in_page(page, next) && bmm__page_block_index(page, next) < page->capacity);
+}
+
 static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
   bmm_block_t *next = decode(page, b);
-  if (bmm_likely(next == NULL ||
-                 (in_page(page, next) && bmm__page_block_index(page, next) < page->capacity)))
-    return next;
+  if (bmm_likely(link_ok(page, next))) return next;
   return bad_link(page, b);
 }
 
@@ -284,11 +288,31 @@ static bmm_noinline bool fill_intact(const bmm_page_t *page, const bmm_block_t *
 /* Pop the first free block of `page` (which has one), checking that it
  * was not written while free, and arm its canary. NULL when that block
  * was dropped (see drop_written). */
+/* The free list's first block b has a link that leads nowhere: reported,
+ * and the list ends at b. The blocks after it are lost rather than trusted,
+ * and counted as in use, by nobody (as drop_written's): every block not on
+ * local_free is in use once b is popped, so that used + |free| +
+ * |local_free| == capacity holds again (bmm__page_free_count relies on it;
+ * the page stays for good). */
+static bmm_noinline void cut_free_list(bmm_page_t *page, const bmm_block_t *b) {
+  bad_link(page, b);
+  uint32_t local = 0;
+  for (const bmm_block_t *l = page->local_free; l != NULL && local < page->capacity;
+       l = next_of(page, l))
+    local++;
+  page->used = page->capacity - local - 1; /* b's pop adds one */
+}
+
 static inline void *pop(bmm_page_t *page) {
   bmm_block_t *b = page->free;
   uint64_t *w = (uint64_t *)b;
   bmm__track_internal(b, page->block_size); /* its fill and canary are read and written */
-  page->free = next_of(page, b);
+  bmm_block_t *next = decode(page, b);
+  if (bmm_unlikely(!link_ok(page, next))) {
+    cut_free_list(page, b);
+    next = NULL;
+  }
+  page->free = next;
   if (bmm_unlikely(w[1] != free_mark(page, b) || (bmm__secure >= 2 && !fill_intact(page, b)))) {
     drop_written(page, b);
     return NULL;

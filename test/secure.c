@@ -37,6 +37,8 @@
  *   --zero         BMM_SECURE=1 BMM_ZERO_ON_FREE=1: a freed block reads as
  *                  zeros (but for its first 16 bytes: link and mark);
  *   --level2-zero  both: zero fill, checked on reuse, no false reports.
+ *   --leak-sampled with leak sampling too: a free list cut at a corrupted
+ *                  link (abort_on_error=0) is walked no further than its end.
  */
 #define _GNU_SOURCE
 #include <brainmm.h>
@@ -733,6 +735,36 @@ static void run_continue_case(void) {
   CHECK(ok);
 }
 
+/* --leak-sampled: with leak sampling on (BMM_OPTIONS), a free list cut at
+ * a corrupted link is reported and the program goes on (abort_on_error=0):
+ * the sampler's walk of that list must not run past its end. */
+static void corrupted_list_sampled(void *arg) {
+  (void)arg;
+  enum { M = 200 };
+  static void *p[M];
+  bmm_option_set("abort_on_error", 0);
+  for (int round = 0; round < 20; round++) {
+    for (int i = 0; i < M; i++) p[i] = bmm_malloc(200);
+    for (int i = 0; i < M; i++) bmm_free(p[i]);
+    memset(p[M - 2], 0x41, 8); /* the link of the second block to be handed out */
+    for (int i = 0; i < 4 * M; i++) {
+      void *q = bmm_malloc(200); /* kept: leaked */
+      (void)q;
+    }
+  }
+}
+
+static int main_leak_sampled(void) {
+  static char buf[1 << 16];
+  int lines;
+  int status = check_child(corrupted_list_sampled, NULL, buf, sizeof buf, &lines);
+  bool survived = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (!survived) check_print(2, "secure: --leak-sampled: status %#x\n", (unsigned)status);
+  CHECK(survived);
+  CHECK(strstr(buf, "free list corrupted") != NULL);
+  return check_done();
+}
+
 /* ---- Behaviour in secure mode --------------------------------------------- */
 
 static void check_options(long level, long zero) {
@@ -1106,8 +1138,10 @@ int main(int argc, char **argv) {
     return main_level2(1);
   } else if (strcmp(mode, "--zero") == 0) {
     return main_zero();
+  } else if (strcmp(mode, "--leak-sampled") == 0) {
+    return main_leak_sampled();
   } else {
-    check_print(2, "usage: secure [--level2 | --zero | --level2-zero]\n");
+    check_print(2, "usage: secure [--level2 | --zero | --level2-zero | --leak-sampled]\n");
     return 2;
   }
 
@@ -1123,5 +1157,7 @@ int main(int argc, char **argv) {
   CHECK(check_rerun(argv[0], "--level2", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "0"));
   CHECK(check_rerun(argv[0], "--zero", "BMM_SECURE", "1", "BMM_ZERO_ON_FREE", "1"));
   CHECK(check_rerun(argv[0], "--level2-zero", "BMM_SECURE", "2", "BMM_ZERO_ON_FREE", "1"));
+  CHECK(check_rerun(argv[0], "--leak-sampled", "BMM_OPTIONS", "leak_report=1,leak_sample=4096",
+                    "BMM_ZERO_ON_FREE", NULL));
   return check_done();
 }
