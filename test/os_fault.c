@@ -12,7 +12,9 @@
  *     moment, that another thread's mmap could take and a later MAP_FIXED
  *     would silently replace (before, every move left one until the range
  *     was mapped again);
- *   - refused, the block is copied instead, its contents intact;
+ *   - refused, the block is copied instead, its contents intact, also
+ *     when the refusal came after the destination was unmapped (as Linux
+ *     has done for a source it then found it could not move);
  *   - a mapping that appears where the moved pages grow into is left
  *     alone, and the block is copied instead.
  * Under strict overcommit (vm.overcommit_memory=2) BrainMM copies instead
@@ -45,7 +47,7 @@ static bool mapped(const void *p, size_t len) {
 
 static volatile int watch;        /* count the holes moves leave */
 static volatile int holes;        /* moves that left their source unmapped */
-static volatile int refuse_moves; /* mremap with MREMAP_DONTUNMAP fails */
+static volatile int refuse_moves; /* mremap with MREMAP_DONTUNMAP fails (2: dst unmapped) */
 static volatile int take_growth;  /* the next grow in place finds a mapping in its way */
 static void *volatile taken;      /* that mapping */
 
@@ -58,6 +60,9 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
     va_end(ap);
   }
   if (refuse_moves && (flags & MREMAP_DONTUNMAP)) {
+    /* 2: as a kernel that unmaps the destination before it looks at the
+     * source, and then refuses it */
+    if (refuse_moves == 2) munmap(new_addr, new_size);
     errno = EINVAL;
     return MAP_FAILED;
   }
@@ -93,7 +98,7 @@ static bool same(const unsigned char *p, size_t len) {
   return true;
 }
 
-enum { PLAIN, REFUSED, TAKEN };
+enum { PLAIN, REFUSED, TAKEN, REFUSED_LATE };
 
 /* After `len` bytes of a block moved (how: PLAIN or else copied) from p
  * to q: no hole on the way, the contents, p's range still mapped. */
@@ -113,7 +118,7 @@ static void to_huge(int how) {
   CHECK(keep != NULL && p != NULL);
   fill(p, 3 * MiB);
   size_t copied = bmm__large_bytes_copied();
-  refuse_moves = how == REFUSED;
+  refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   take_growth = how == TAKEN;
   watch = 1;
   unsigned char *q = bmm_realloc(p, 40 * MiB);
@@ -142,7 +147,7 @@ static void grow_left(int how) {
   fill(b, 2 * MiB);
   bmm_free(a);
   size_t copied = bmm__large_bytes_copied();
-  refuse_moves = how == REFUSED;
+  refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   watch = 1;
   unsigned char *q = bmm_realloc(b, 5 * MiB);
   refuse_moves = watch = 0;
@@ -164,7 +169,7 @@ static void pages_moved(int how) {
   CHECK(p != NULL && next != NULL);
   fill(p, 2 * MiB);
   size_t copied = bmm__large_bytes_copied();
-  refuse_moves = how == REFUSED;
+  refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   watch = 1;
   unsigned char *q = bmm_pages_realloc(p, 1024);
   refuse_moves = watch = 0;
@@ -181,6 +186,9 @@ static void to_huge_refused(void) { to_huge(REFUSED); }
 static void to_huge_taken(void) { to_huge(TAKEN); }
 static void grow_left_plain(void) { grow_left(PLAIN); }
 static void grow_left_refused(void) { grow_left(REFUSED); }
+static void grow_left_refused_late(void) { grow_left(REFUSED_LATE); }
+static void to_huge_refused_late(void) { to_huge(REFUSED_LATE); }
+static void pages_refused_late(void) { pages_moved(REFUSED_LATE); }
 static void pages_plain(void) { pages_moved(PLAIN); }
 static void pages_refused(void) { pages_moved(REFUSED); }
 
@@ -203,7 +211,9 @@ int main(int argc, char **argv) {
       {"to_huge", to_huge_plain},         {"to_huge_refused", to_huge_refused},
       {"to_huge_taken", to_huge_taken},   {"grow_left", grow_left_plain},
       {"grow_left_refused", grow_left_refused}, {"pages", pages_plain},
-      {"pages_refused", pages_refused},
+      {"pages_refused", pages_refused},   {"to_huge_refused_late", to_huge_refused_late},
+      {"grow_left_refused_late", grow_left_refused_late},
+      {"pages_refused_late", pages_refused_late},
   };
   return check_cases_main("os_fault", cases, sizeof cases / sizeof cases[0], argc, argv);
 }

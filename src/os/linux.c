@@ -142,6 +142,10 @@ void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr
 bool bmm__os_move(void *src, size_t size, void *dst) {
   int saved = errno; /* a refusal is an answer, not an error of the caller's call */
   void *p = mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+  /* Linux has unmapped dst before looking at src (one that spans two
+   * mappings, say), so a refusal may leave dst a hole: map it again, only
+   * where nothing is (it is mapped still when the refusal came first). */
+  if (p != dst) bmm__os_reserve_at(dst, size);
   errno = saved;
   return p == dst;
 }

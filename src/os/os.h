@@ -56,8 +56,9 @@ void *bmm__os_remap(void *addr, size_t old_size, size_t new_size, void *new_addr
  * at any moment, which another thread's mmap could take and a later
  * MAP_FIXED would silently replace. Moved pages keep their mapping's
  * identity: they do not merge with the mapping around dst. False when the
- * kernel refuses (before 5.7, or out of mappings; it checks that before
- * it drops dst's pages): nothing moved, copy instead. */
+ * kernel refuses (before 5.7, out of mappings, a src it cannot move):
+ * nothing moved, dst mapped (again, if the kernel unmapped it first), copy
+ * instead. */
 bool bmm__os_move(void *src, size_t size, void *dst);
 
 /* Reserve exactly [addr, addr+size) again after it was released, only if
