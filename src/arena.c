@@ -877,18 +877,19 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   bmm_arena_t *h = bmm__os_reserve_aligned(offset + bytes + g, BMM_REGION_SIZE, true);
   if (h == NULL) return NULL;
   uint8_t *d = (uint8_t *)h + offset;
+  int saved = errno; /* a failure here ends in a copy: the call succeeds */
   if (bytes > have) bmm__os_release(d + have, bytes - have);
-  if (!bmm__os_move(data, have, d)) {
-    bmm__os_release(h, offset + have);
-    bmm__os_release(d + bytes, g);
-    return NULL;
-  }
-  if (bytes > have && bmm__os_remap(d, have, bytes, NULL) != d) {
+  bool moved = bmm__os_move(data, have, d);
+  if (moved && bytes > have && bmm__os_remap(d, have, bytes, NULL) != d) {
     /* Not ours any more: leave it alone, and put the pages back. */
     if (!bmm__os_move(d, have, data))
       bmm__fatal("could not move a large block's pages back (out of mappings?)");
+    moved = false;
+  }
+  if (!moved) {
     bmm__os_release(h, offset + have);
-    bmm__os_release(d + bytes, g);
+    if (g != 0) bmm__os_release(d + bytes, g);
+    errno = saved;
     return NULL;
   }
   bmm_page_t *page = huge_init(h, offset, offset + bytes + g);

@@ -101,10 +101,12 @@ static bool same(const unsigned char *p, size_t len) {
 enum { PLAIN, REFUSED, TAKEN, REFUSED_LATE };
 
 /* After `len` bytes of a block moved (how: PLAIN or else copied) from p
- * to q: no hole on the way, the contents, p's range still mapped. */
+ * to q: no hole on the way, errno untouched, the contents, p's range
+ * still mapped. */
 static void check_moved(const unsigned char *p, const unsigned char *q, size_t len,
-                        size_t copied_before, int how) {
+                        size_t copied_before, int how, int err) {
   CHECK(holes == 0);
+  CHECK_EQ_LONG(err, 0); /* a move refused on the way is not the call's error */
   CHECK(same(q, len));
   CHECK(mapped(p, len));
   if (how == PLAIN) CHECK(bmm__large_bytes_copied() == copied_before);
@@ -121,10 +123,12 @@ static void to_huge(int how) {
   refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   take_growth = how == TAKEN;
   watch = 1;
+  errno = 0;
   unsigned char *q = bmm_realloc(p, 40 * MiB);
+  int err = errno;
   refuse_moves = take_growth = watch = 0;
   if (!CHECK(q != NULL && q != p)) return;
-  check_moved(p, q, 3 * MiB, copied, how); /* p: the arena's still */
+  check_moved(p, q, 3 * MiB, copied, how, err); /* p: the arena's still */
   if (how == TAKEN) {
     CHECK(taken != NULL);
     if (taken != NULL) {
@@ -149,13 +153,15 @@ static void grow_left(int how) {
   size_t copied = bmm__large_bytes_copied();
   refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   watch = 1;
+  errno = 0;
   unsigned char *q = bmm_realloc(b, 5 * MiB);
+  int err = errno;
   refuse_moves = watch = 0;
   if (!CHECK(q != NULL)) return;
   bool left = q >= a && q < b; /* else the layout differs: the case tests nothing */
   if (!left) check_print(2, "os_fault: grow_left: the block went to %p, not into [%p, %p)\n", q, a, b);
   CHECK(left);
-  check_moved(b, q, 2 * MiB, copied, how);
+  check_moved(b, q, 2 * MiB, copied, how, err);
   memset(q, 1, 5 * MiB);
   bmm_free(q);
   bmm_free(c);
@@ -171,10 +177,12 @@ static void pages_moved(int how) {
   size_t copied = bmm__large_bytes_copied();
   refuse_moves = how == REFUSED ? 1 : how == REFUSED_LATE ? 2 : 0;
   watch = 1;
+  errno = 0;
   unsigned char *q = bmm_pages_realloc(p, 1024);
+  int err = errno;
   refuse_moves = watch = 0;
   if (!CHECK(q != NULL && q != p)) return;
-  check_moved(p, q, 2 * MiB, copied, how);
+  check_moved(p, q, 2 * MiB, copied, how, err);
   memset(q, 1, 4 * MiB);
   bmm_pages_free(q);
   bmm_pages_free(next);
