@@ -285,9 +285,6 @@ static bmm_noinline bool fill_intact(const bmm_page_t *page, const bmm_block_t *
   return diff == 0;
 }
 
-/* Pop the first free block of `page` (which has one), checking that it
- * was not written while free, and arm its canary. NULL when that block
- * was dropped (see drop_written). */
 /* The free list's first block b has a link that leads nowhere: reported,
  * and the list ends at b. The blocks after it are lost rather than trusted,
  * and counted as in use, by nobody (as drop_written's): every block not on
@@ -303,6 +300,9 @@ static bmm_noinline void cut_free_list(bmm_page_t *page, const bmm_block_t *b) {
   page->used = page->capacity - local - 1; /* b's pop adds one */
 }
 
+/* Pop the first free block of `page` (which has one), checking that it
+ * was not written while free, and arm its canary. NULL when that block
+ * was dropped (see drop_written). */
 static inline void *pop(bmm_page_t *page) {
   bmm_block_t *b = page->free;
   uint64_t *w = (uint64_t *)b;
