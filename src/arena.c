@@ -863,10 +863,10 @@ void *bmm__huge_alloc(size_t size, size_t align) {
 
 /* A huge block of `size` bytes whose first `have` bytes are the pages at
  * `data` (moved there, not copied: mremap moves page tables; `data` stays
- * mapped, see bmm__os_move). The data must be one mapping of its own, so
- * that it can later grow with mremap; moved pages do not merge with the
- * reservation around them, so the range after them is given back and the
- * moved mapping grows over it. Another thread's mmap may take that range
+ * mapped, see bmm__os_move). The data and its guard must be one mapping
+ * of their own, so that they can later grow with mremap; moved pages do
+ * not merge with the reservation around them, so the range after them is
+ * given back and the moved mapping grows over it. Another thread's mmap may take that range
  * meanwhile: then the pages go back to `data` and nothing of that range is
  * touched. NULL (`data` as it was) on failure. */
 void *bmm__huge_adopt(void *data, size_t have, size_t size) {
@@ -878,9 +878,10 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   if (h == NULL) return NULL;
   uint8_t *d = (uint8_t *)h + offset;
   int saved = errno; /* a failure here ends in a copy: the call succeeds */
-  if (bytes > have) bmm__os_release(d + have, bytes - have);
+  size_t grown = bytes + g; /* the guard too: it must be of the same mapping */
+  if (grown > have) bmm__os_release(d + have, grown - have);
   bool moved = bmm__os_move(data, have, d);
-  if (moved && bytes > have && bmm__os_remap(d, have, bytes, NULL) != d) {
+  if (moved && grown > have && bmm__os_remap(d, have, grown, NULL) != d) {
     /* Not ours any more: leave it alone, and put the pages back. */
     if (!bmm__os_move(d, have, data))
       bmm__fatal("could not move a large block's pages back (out of mappings?)");
@@ -888,7 +889,6 @@ void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   }
   if (!moved) {
     bmm__os_release(h, offset + have);
-    if (g != 0) bmm__os_release(d + bytes, g);
     errno = saved;
     return NULL;
   }
