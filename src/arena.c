@@ -866,9 +866,9 @@ void *bmm__huge_alloc(size_t size, size_t align) {
  * mapped, see bmm__os_move). The data and its guard must be one mapping
  * of their own, so that they can later grow with mremap; moved pages do
  * not merge with the reservation around them, so the range after them is
- * given back and the moved mapping grows over it. Another thread's mmap may take that range
- * meanwhile: then the pages go back to `data` and nothing of that range is
- * touched. NULL (`data` as it was) on failure. */
+ * given back and the moved mapping grows over it. Another thread's mmap
+ * may take that range meanwhile: then the pages go back to `data` and
+ * nothing of that range is touched. NULL (`data` as it was) on failure. */
 void *bmm__huge_adopt(void *data, size_t have, size_t size) {
   size_t ps = bmm__os_page_size(), offset = huge_offset(0), g = huge_guard();
   if (size > SIZE_MAX - offset - ps - g) return NULL;
