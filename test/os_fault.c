@@ -32,9 +32,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../src/internal.h"
 #include "brainmm.h"
 #include "check.h"
-#include "../src/internal.h"
 
 #ifndef MREMAP_DONTUNMAP
 #define MREMAP_DONTUNMAP 4
@@ -92,7 +92,8 @@ void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
 }
 
 static void fill(unsigned char *p, size_t len) {
-  for (size_t i = 0; i < len; i += 4096) p[i] = (unsigned char)(i >> 12 | 1);
+  for (size_t i = 0; i < len; i += 4096)
+    p[i] = (unsigned char)(i >> 12 | 1);
 }
 
 static bool same(const unsigned char *p, size_t len) {
@@ -112,8 +113,10 @@ static void check_moved(const unsigned char *p, const unsigned char *q, size_t l
   CHECK_EQ_LONG(err, 0); /* a move refused on the way is not the call's error */
   CHECK(same(q, len));
   CHECK(mapped(p, len));
-  if (how == PLAIN) CHECK(bmm__large_bytes_copied() == copied_before);
-  else CHECK(bmm__large_bytes_copied() >= copied_before + len);
+  if (how == PLAIN)
+    CHECK(bmm__large_bytes_copied() == copied_before);
+  else
+    CHECK(bmm__large_bytes_copied() >= copied_before + len);
 }
 
 /* realloc 3 MiB -> 40 MiB: the span becomes a huge block (bmm__huge_adopt). */
@@ -137,7 +140,8 @@ static void to_huge(int how) {
     if (taken != NULL) {
       const unsigned char *t = taken;
       CHECK(t[0] == 0x5a && t[4095] == 0x5a);
-      CHECK((const unsigned char *)taken + 4096 <= q || (const unsigned char *)taken >= q + 40 * MiB);
+      CHECK((const unsigned char *)taken + 4096 <= q ||
+            (const unsigned char *)taken >= q + 40 * MiB);
     }
   }
   memset(q, 1, 40 * MiB); /* all of it is the block's */
@@ -173,7 +177,8 @@ static void grow_left(int how) {
   refuse_moves = watch = 0;
   if (!CHECK(q != NULL)) return;
   bool left = q >= a && q < b; /* else the layout differs: the case tests nothing */
-  if (!left) check_print(2, "os_fault: grow_left: the block went to %p, not into [%p, %p)\n", q, a, b);
+  if (!left)
+    check_print(2, "os_fault: grow_left: the block went to %p, not into [%p, %p)\n", q, a, b);
   CHECK(left);
   check_moved(b, q, 2 * MiB, copied, how, err);
   memset(q, 1, 5 * MiB);
@@ -203,16 +208,36 @@ static void pages_moved(int how) {
   CHECK(bmm_heap_check());
 }
 
-static void to_huge_plain(void) { to_huge(PLAIN); }
-static void to_huge_refused(void) { to_huge(REFUSED); }
-static void to_huge_taken(void) { to_huge(TAKEN); }
-static void grow_left_plain(void) { grow_left(PLAIN); }
-static void grow_left_refused(void) { grow_left(REFUSED); }
-static void grow_left_refused_late(void) { grow_left(REFUSED_LATE); }
-static void to_huge_refused_late(void) { to_huge(REFUSED_LATE); }
-static void pages_refused_late(void) { pages_moved(REFUSED_LATE); }
-static void pages_plain(void) { pages_moved(PLAIN); }
-static void pages_refused(void) { pages_moved(REFUSED); }
+static void to_huge_plain(void) {
+  to_huge(PLAIN);
+}
+static void to_huge_refused(void) {
+  to_huge(REFUSED);
+}
+static void to_huge_taken(void) {
+  to_huge(TAKEN);
+}
+static void grow_left_plain(void) {
+  grow_left(PLAIN);
+}
+static void grow_left_refused(void) {
+  grow_left(REFUSED);
+}
+static void grow_left_refused_late(void) {
+  grow_left(REFUSED_LATE);
+}
+static void to_huge_refused_late(void) {
+  to_huge(REFUSED_LATE);
+}
+static void pages_refused_late(void) {
+  pages_moved(REFUSED_LATE);
+}
+static void pages_plain(void) {
+  pages_moved(PLAIN);
+}
+static void pages_refused(void) {
+  pages_moved(REFUSED);
+}
 
 static bool strict_commit(void) {
   FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
@@ -230,10 +255,14 @@ int main(int argc, char **argv) {
     return 77;
   }
   static const check_case_t cases[] = {
-      {"to_huge", to_huge_plain},         {"to_huge_refused", to_huge_refused},
-      {"to_huge_taken", to_huge_taken},   {"grow_left", grow_left_plain},
-      {"grow_left_refused", grow_left_refused}, {"pages", pages_plain},
-      {"pages_refused", pages_refused},   {"to_huge_refused_late", to_huge_refused_late},
+      {"to_huge", to_huge_plain},
+      {"to_huge_refused", to_huge_refused},
+      {"to_huge_taken", to_huge_taken},
+      {"grow_left", grow_left_plain},
+      {"grow_left_refused", grow_left_refused},
+      {"pages", pages_plain},
+      {"pages_refused", pages_refused},
+      {"to_huge_refused_late", to_huge_refused_late},
       {"grow_left_refused_late", grow_left_refused_late},
       {"pages_refused_late", pages_refused_late},
   };
