@@ -393,12 +393,19 @@ void bmm__arena_release_units(bmm_arena_t *arena, size_t first, size_t units) {
  * flag costs an mprotect per large block freed there. */
 _Atomic(uint8_t) bmm__rights_map[BMM_REGION_MAP_SIZE];
 
-void bmm__arena_note_rights(const void *addr, size_t bytes) {
+/* Set the flag of the regions [addr, addr+bytes) touches to `on`
+ * (stored only where it differs: the map's lines stay clean). */
+static void rights_flag(const void *addr, size_t bytes, uint8_t on) {
   if (bytes == 0) return;
   uintptr_t first = (uintptr_t)addr >> BMM_REGION_SHIFT;
   uintptr_t last = ((uintptr_t)addr + bytes - 1) >> BMM_REGION_SHIFT;
   for (uintptr_t r = first; r <= last && r < BMM_REGION_MAP_SIZE; r++)
-    atomic_store_explicit(&bmm__rights_map[r], 1, memory_order_relaxed);
+    if (atomic_load_explicit(&bmm__rights_map[r], memory_order_relaxed) != on)
+      atomic_store_explicit(&bmm__rights_map[r], on, memory_order_relaxed);
+}
+
+void bmm__arena_note_rights(const void *addr, size_t bytes) {
+  rights_flag(addr, bytes, 1);
 }
 
 size_t bmm__arena_count(void) {
@@ -974,11 +981,7 @@ static void huge_unmap(bmm_arena_t *h) {
 void bmm__huge_free(bmm_page_t *page) {
   bmm_arena_t *h = bmm__arena_of_page(page);
   bmm__arena_restore_rights(bmm__page_start(page), page->block_size); /* the guard stays */
-  /* Its regions are its own: their flags go with it. */
-  for (uintptr_t r = (uintptr_t)h >> BMM_REGION_SHIFT;
-       r <= ((uintptr_t)h + h->map_size - 1) >> BMM_REGION_SHIFT && r < BMM_REGION_MAP_SIZE; r++)
-    if (atomic_load_explicit(&bmm__rights_map[r], memory_order_relaxed))
-      atomic_store_explicit(&bmm__rights_map[r], 0, memory_order_relaxed);
+  rights_flag(h, h->map_size, 0); /* its regions are its own: their flags go with it */
   region_map_set(h, BMM_REGION_NONE); /* a stale pointer is foreign now */
   if (!huge_cache_put(h)) huge_unmap(h);
 }

@@ -743,8 +743,7 @@ void bmm__heap_thread_done(void *arg) {
  * release its FREEING state so that nothing waits for it forever. Our pages
  * are those of every heap with our id: the default heap and our views of
  * first-class heaps. */
-void bmm__heap_fork_child(bmm_theap_t *heap) {
-  (void)heap;
+void bmm__heap_fork_child(void) {
   uintptr_t me = bmm__os_thread_id();
   for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next) {
     if ((h->tid & ~BMM_TID_FLAGS) != me) continue;

@@ -37,7 +37,7 @@ static void init_fork_parent(void) {
 
 static void init_fork_child(void) {
   init_fork_parent();
-  bmm__heap_fork_child(bmm__heap_tls);
+  bmm__heap_fork_child();
 }
 
 void bmm__process_init(void) {

@@ -390,7 +390,7 @@ bool bmm__heap_check(bmm_theap_t *heap);
 bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner);
 void bmm__heap_view_release(bmm_theap_t *view);
 bool bmm__heap_view_visit(bmm_theap_t *view, bmm_visit_fn *fn, void *arg);
-void bmm__heap_fork_child(bmm_theap_t *heap);
+void bmm__heap_fork_child(void);
 void bmm__heap_fork_prepare(void);
 void bmm__heap_fork_release(void);
 

@@ -94,9 +94,8 @@ static inline uint64_t freed_canary(const bmm_page_t *page, const void *b) {
  * a keyed word (odd: never zero; never all ones, the freed canary's, but
  * for a chance of 2^-63), so that an overflow cannot turn one into the
  * other by a known change (canary ^ 1 let `buf[len] ^= 1` pass). Slow
- * paths only: the mix costs nothing there. */
-/* (The mix is of the canary's key: one who reads both words learns no
- * more than the canary told.) */
+ * paths only: the mix costs nothing there. It mixes the canary's key: one
+ * who reads both words learns no more than the canary told. */
 static inline uint64_t shrunk_canary(const bmm_page_t *page, const void *b) {
   return canary(page, b) ^ (mix64(page->key ^ canary_secret) | 1);
 }
@@ -109,7 +108,7 @@ static inline uint64_t *canary_word(const bmm_page_t *page, const void *b) {
  * (link and mark) are the page's. What malloc's short path tests before
  * it reads p's mark; a p that does not start a block fails that mark (no
  * writer without the key can forge it) and goes to the checking pop,
- * whose next_of tests the block start too. */
+ * whose link_ok tests the block start too. */
 static inline bool in_page(const bmm_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)bmm__page_start(page);
   return off < (size_t)page->capacity * page->block_size && (off & (BMM_ALIGN - 1)) == 0;
@@ -117,7 +116,8 @@ static inline bool in_page(const bmm_page_t *page, const void *p) {
 
 /* A link is the next block's address xor the key, rotated by key bits,
  * xor the link's own address: reading one link reveals neither the key
- * nor how another block's link is written. */
+ * nor how another block's link is written, unless the reader can guess
+ * where it points (see canary_secret). */
 static inline void set_next(const bmm_page_t *page, bmm_block_t *b, bmm_block_t *next) {
   uint64_t enc = rotl((uintptr_t)next ^ page->key, (unsigned)(page->key >> 58)) ^ (uintptr_t)b;
   b->next = (bmm_block_t *)(uintptr_t)enc;
@@ -133,9 +133,7 @@ static bmm_noinline bmm_block_t *bad_link(const bmm_page_t *page, const bmm_bloc
   return NULL;
 }
 
-/* Decoded link of b; a link that leads outside the page's blocks was
- * overwritten (a write after free): reported, and the list ends here (the
- * blocks after it are lost rather than trusted). */
+/* b's link, decoded. */
 static inline bmm_block_t *decode(const bmm_page_t *page, const bmm_block_t *b) {
   uint64_t enc = (uintptr_t)b->next ^ (uintptr_t)b;
   unsigned r = (unsigned)(page->key >> 58);
@@ -148,6 +146,9 @@ static inline bool link_ok(const bmm_page_t *page, const bmm_block_t *next) {
          (in_page(page, next) && bmm__page_block_index(page, next) < page->capacity);
 }
 
+/* Decoded link of b; a link that leads outside the page's blocks was
+ * overwritten (a write after free): reported, and the walk ends here (the
+ * blocks after it are lost rather than trusted). */
 static inline bmm_block_t *next_of(const bmm_page_t *page, const bmm_block_t *b) {
   bmm_block_t *next = decode(page, b);
   if (bmm_likely(link_ok(page, next))) return next;
@@ -208,13 +209,16 @@ static bmm_noinline void fill_free(const bmm_page_t *page, void *p) {
          page->block_size - 2 * sizeof(uint64_t) - BMM_CANARY);
 }
 
+/* The two words every free block carries: its mark, and (above 16 bytes)
+ * its freed canary. */
+static inline void mark_words(const bmm_page_t *page, void *p) {
+  if (page->block_size > 2 * sizeof(uint64_t)) *canary_word(page, p) = freed_canary(page, p);
+  ((uint64_t *)p)[1] = free_mark(page, p);
+}
+
 static inline void mark_free(const bmm_page_t *page, void *p) {
-  uint64_t *w = p;
-  if (page->block_size > 2 * sizeof *w) {
-    if (bmm_unlikely(fill_freed)) fill_free(page, p);
-    *canary_word(page, p) = freed_canary(page, p);
-  }
-  w[1] = free_mark(page, p);
+  if (bmm_unlikely(fill_freed) && page->block_size > 2 * sizeof(uint64_t)) fill_free(page, p);
+  mark_words(page, p);
 }
 
 /* n fresh blocks from `first` onto the page's free list in random order:
@@ -300,6 +304,17 @@ static bmm_noinline void cut_free_list(bmm_page_t *page, const bmm_block_t *b) {
   page->used = page->capacity - local - 1; /* b's pop adds one */
 }
 
+/* Hand out b, taken off `page`'s free list: no link or mark leaks to the
+ * program, and its canary is armed. */
+static inline void *hand_out(bmm_page_t *page, bmm_block_t *b) {
+  uint64_t *w = (uint64_t *)b;
+  w[0] = w[1] = 0;
+  *canary_word(page, b) = canary(page, b);
+  page->used++;
+  bmm__track_alloc(b, page->block_size - BMM_CANARY);
+  return b;
+}
+
 /* Pop the first free block of `page` (which has one), checking that it
  * was not written while free, and arm its canary. NULL when that block
  * was dropped (see drop_written). */
@@ -317,11 +332,7 @@ static inline void *pop(bmm_page_t *page) {
     drop_written(page, b);
     return NULL;
   }
-  w[0] = w[1] = 0; /* no link or mark leaks to the program */
-  *canary_word(page, b) = canary(page, b);
-  page->used++;
-  bmm__track_alloc(b, page->block_size - BMM_CANARY);
-  return b;
+  return hand_out(page, b);
 }
 
 void *bmm__secure_pop(bmm_page_t *page) {
@@ -356,11 +367,7 @@ void *bmm__secure_malloc(bmm_theap_t *heap, size_t size) {
                        fill_freed))
         return malloc_checked(heap, size, page);
       page->free = next;
-      w[0] = w[1] = 0; /* no link or mark leaks to the program */
-      *canary_word(page, b) = canary(page, b);
-      page->used++;
-      bmm__track_alloc(b, page->block_size - BMM_CANARY);
-      return b;
+      return hand_out(page, b);
     }
   }
   return bmm__malloc_slow(heap, size);
@@ -435,7 +442,9 @@ void bmm__secure_check_size(void *p, size_t size, const char *call) {
 
 /* ---- Fast paths ----------------------------------------------------------- */
 /* bmm__free_local, knowing the mode: p (marked free) onto the local list
- * of its page, which the calling thread owns. */
+ * of its page, which the calling thread owns. Its own copy so that the
+ * link is encoded inline (bmm__free_local calls out for it, which costs
+ * the short path a stack frame). */
 static inline void push_local(bmm_page_t *page, void *p) {
   bmm__track_free(p, page->block_size);
   set_next(page, p, page->local_free);
@@ -475,8 +484,7 @@ void bmm__secure_free(void *p, bmm_page_t *page, const char *call) {
           free_filled(page, p);
           return;
         }
-        if (page->block_size > 2 * sizeof *w) *canary_word(page, p) = freed_canary(page, p);
-        ((uint64_t *)p)[1] = free_mark(page, p);
+        mark_words(page, p);
         push_local(page, p);
         return;
       }

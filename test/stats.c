@@ -74,6 +74,17 @@ static void *leave_blocks(void *arg) {
   return NULL;
 }
 
+/* The "used" bytes of the JSON statistics' total (stats_json on). */
+static unsigned long total_used(void) {
+  unsigned long reserved = 0, committed = 0, used = 0;
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  const char *tot = strstr(text, "\"total\": {");
+  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
+                              &reserved, &committed, &used) == 3);
+  return used;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "--child") == 0) {
     free(malloc(100));
@@ -193,25 +204,12 @@ int main(int argc, char **argv) {
   }
   /* A freed huge block, kept mapped for reuse a while: committed still,
    * no longer in use. */
-  unsigned long reserved, committed, used_before, used_live, used_after;
-  text_len = 0;
-  bmm_stats_print(collect, text);
-  const char *tot = strstr(text, "\"total\": {");
-  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
-                              &reserved, &committed, &used_before) == 3);
+  unsigned long used_before = total_used();
   char *huge = bmm_malloc(20 << 20);
   CHECK(huge != NULL);
-  text_len = 0;
-  bmm_stats_print(collect, text);
-  tot = strstr(text, "\"total\": {");
-  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
-                              &reserved, &committed, &used_live) == 3);
+  unsigned long used_live = total_used();
   bmm_free(huge);
-  text_len = 0;
-  bmm_stats_print(collect, text);
-  tot = strstr(text, "\"total\": {");
-  CHECK(tot != NULL && sscanf(tot, "\"total\": {\"reserved\": %lu, \"committed\": %lu, \"used\": %lu",
-                              &reserved, &committed, &used_after) == 3);
+  unsigned long used_after = total_used();
   CHECK(used_live >= used_before + (20 << 20));
   CHECK(used_after < used_live - (19 << 20));
   CHECK(bmm_option_set("stats_json", 0) == 0);
