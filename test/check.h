@@ -351,20 +351,21 @@ static inline bool check_rerun(const char *argv0, const char *mode, const char *
 #include <sanitizer/asan_interface.h>
 #endif
 
-/* CHECK_RSS_SHOWS_PURGE: 0 under ThreadSanitizer, whose shadow of every
- * address touched stays in the RSS when the allocator gives pages back, so
- * tests of memory returned to the OS check the allocator's own accounting
- * only; 1 otherwise. */
+/* CHECK_TSAN: 1 in a ThreadSanitizer build. CHECK_RSS_SHOWS_PURGE: 0
+ * there, whose shadow of every address touched stays in the RSS when the
+ * allocator gives pages back, so tests of memory returned to the OS check
+ * the allocator's own accounting only; 1 otherwise. */
 #if defined(__SANITIZE_THREAD__)
-#define CHECK_RSS_SHOWS_PURGE 0
+#define CHECK_TSAN 1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
-#define CHECK_RSS_SHOWS_PURGE 0
+#define CHECK_TSAN 1
 #endif
 #endif
-#ifndef CHECK_RSS_SHOWS_PURGE
-#define CHECK_RSS_SHOWS_PURGE 1
+#ifndef CHECK_TSAN
+#define CHECK_TSAN 0
 #endif
+#define CHECK_RSS_SHOWS_PURGE (!CHECK_TSAN)
 
 /* xorshift64*: fast, good enough for picking sizes and slots, and the same
  * sequence on every run so that a failure can be replayed from its seed. */

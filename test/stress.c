@@ -18,8 +18,10 @@
  * that seed (whole blocks up to 64 KiB, the first and last 256 bytes of bigger
  * ones). The pattern is checked before every free and the kept prefix after
  * every realloc; calloc'd memory is checked to be zero; alignments and usable
- * sizes are checked. Only the bmm_ API allocates test blocks, so the test also
- * runs in sanitizer builds where malloc belongs to the sanitizer.
+ * sizes are checked. Meanwhile another thread runs bmm_heap_check() over and
+ * over (not under TSan), and every check must pass. Only the bmm_ API
+ * allocates test blocks, so the test also runs in sanitizer builds where
+ * malloc belongs to the sanitizer.
  */
 #define _GNU_SOURCE
 #include <brainmm.h>
@@ -75,6 +77,9 @@ typedef struct worker {
 /* ---- shared state ------------------------------------------------------- */
 
 static atomic_int stop_flag;
+/* bmm_heap_check() from a thread of its own while the workers run: a
+ * healthy heap must pass however busy the other threads are. */
+static atomic_ulong heap_checks, heap_check_failures;
 static atomic_int details_printed;
 
 static pthread_mutex_t exchange_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -442,6 +447,17 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/* Not under TSan: the check reads other threads' page descriptors
+ * without synchronising with them, by design (README, bmm_heap_check). */
+static void *checker_main(void *arg) {
+  (void)arg;
+  while (!atomic_load(&stop_flag)) {
+    if (!bmm_heap_check()) atomic_fetch_add(&heap_check_failures, 1);
+    atomic_fetch_add(&heap_checks, 1);
+  }
+  return NULL;
+}
+
 static unsigned next_serial = 1; /* main thread only */
 
 /* Starts a worker in slot i; done_lock is held by the caller. */
@@ -497,6 +513,8 @@ int main(int argc, char **argv) {
 
   double deadline = now_seconds() + (double)seconds;
   int started_ok = 1;
+  pthread_t checker;
+  if (!CHECK_TSAN) CHECK(pthread_create(&checker, NULL, checker_main, NULL) == 0);
   pthread_mutex_lock(&done_lock);
   for (size_t i = 0; i < threads; i++)
     started_ok &= start_worker(i);
@@ -528,6 +546,13 @@ int main(int argc, char **argv) {
     }
   }
   CHECK(started_ok);
+  if (!CHECK_TSAN) {
+    pthread_join(checker, NULL);
+    printf("stress: heap checks alongside the workers %lu, failed %lu\n",
+           atomic_load(&heap_checks), atomic_load(&heap_check_failures));
+    CHECK(atomic_load(&heap_checks) > 0);
+    CHECK_EQ_SZ(atomic_load(&heap_check_failures), 0);
+  }
 
   /* the main thread frees whatever is left in the exchange */
   static worker_t main_worker; /* serial 0 */
