@@ -280,7 +280,7 @@ static void check_full_and_orphans(void) {
   }
 
   /* Free everything: emptied pages go back to the arena, except the first
-   * page of the class queue, which is kept. */
+   * two pages of the class queue, which are kept (page_stays_empty). */
   bmm_page_t *pages[8];
   size_t npages = 0;
   for (size_t i = 0; i < n48; i++) {
@@ -298,17 +298,21 @@ static void check_full_and_orphans(void) {
   HEAP_OK();
   CHECK_EQ_SZ(count_class(&heap->full, cls), 0);
   bmm_page_t *kept = heap->queues[cls].first;
-  CHECK(kept != NULL && kept->next == NULL && kept->used == 0);
+  bmm_page_t *kept2 = kept != NULL ? kept->next : NULL;
+  CHECK(kept != NULL && kept->used == 0);
+  CHECK(kept2 == NULL || (kept2->next == NULL && kept2->used == 0));
   size_t still_small = 0;
   for (size_t k = 0; k < npages; k++)
-    if (pages[k] != kept && atomic_load(&pages[k]->kind) != BMM_PAGE_FREE) still_small++;
+    if (pages[k] != kept && pages[k] != kept2 && atomic_load(&pages[k]->kind) != BMM_PAGE_FREE)
+      still_small++;
   CHECK_EQ_SZ(still_small, 0);
 
-  /* bmm_collect(true) returns the kept page as well. */
+  /* bmm_collect(true) returns the kept pages as well. */
   bmm_collect(true);
   CHECK(heap->queues[cls].first == NULL);
   CHECK(heap->direct[3] == &bmm__page_empty);
   if (kept != NULL) CHECK_EQ_LONG(atomic_load(&kept->kind), BMM_PAGE_FREE);
+  if (kept2 != NULL) CHECK_EQ_LONG(atomic_load(&kept2->kind), BMM_PAGE_FREE);
   HEAP_OK();
 }
 
@@ -792,6 +796,58 @@ static void check_aligned(void) {
   HEAP_OK();
 }
 
+/* ---- A class whose blocks in use hover around a page's worth ---------- */
+
+#define EDGE_SIZE 1536 /* a class no other part of the test uses: 42 a page */
+#define EDGE_MAX (3 * (BMM_UNIT_SIZE / EDGE_SIZE))
+static void *edge_blocks[EDGE_MAX];
+
+/* Page A full, page B holding a few blocks, A orphaned (full). A gets a
+ * block back and goes behind B; B fills, and the next block comes from A
+ * (B orphaned, A full again). Then B's blocks are all freed: B comes back
+ * behind A and empties there, the class's second page. It stays
+ * (page_stays_empty): the next block comes from B, rather than from a page
+ * claimed and carved anew, as while an emptied second page went back to
+ * the arena (`micro small`: a page every 3,000 operations). */
+static void check_page_edge(void) {
+  bmm_theap_t *heap = bmm__heap_tls;
+  size_t n = 0;
+  bmm_page_t *a = NULL, *b = NULL;
+  while (n < EDGE_MAX) { /* fill A, and the first few blocks of B */
+    void *p = bmm_malloc(EDGE_SIZE);
+    if (!CHECK(p != NULL)) return;
+    edge_blocks[n++] = p;
+    bmm_page_t *page = bmm__page_of(p);
+    if (a == NULL) a = page;
+    else if (page != a && b == NULL) b = page;
+    if (b != NULL && page == b && b->used == 4) break;
+  }
+  if (!CHECK(a != NULL && b != NULL && a != b)) return;
+  size_t first_b = n - 4; /* edge_blocks[first_b..n) are B's */
+  bmm_free(edge_blocks[0]); /* A has room again, behind B */
+  void *from_a = NULL;
+  while (from_a == NULL && n < EDGE_MAX) { /* B's blocks until B is full, then A's */
+    void *p = bmm_malloc(EDGE_SIZE);
+    if (!CHECK(p != NULL)) return;
+    if (bmm__page_of(p) == b) edge_blocks[n++] = p;
+    else from_a = p;
+  }
+  if (!CHECK(from_a != NULL && bmm__page_of(from_a) == a)) return;
+  edge_blocks[0] = from_a;
+  CHECK_EQ_SZ(b->used, b->reserved);
+  for (size_t i = first_b; i < n; i++) bmm_free(edge_blocks[i]); /* B empties */
+  n = first_b;
+  CHECK(heap->queues[b->class_idx].first == a);
+  CHECK_EQ_LONG(atomic_load(&b->kind), BMM_PAGE_SMALL);
+  CHECK(atomic_load(&b->heap) == heap && b->used == 0);
+  HEAP_OK();
+  void *q = bmm_malloc(EDGE_SIZE); /* A is full: from B */
+  CHECK(q != NULL && bmm__page_of(q) == b);
+  bmm_free(q);
+  for (size_t i = 0; i < n; i++) bmm_free(edge_blocks[i]);
+  HEAP_OK();
+}
+
 int main(void) {
   CHECK(bmm__heap_tls == &bmm__heap_empty); /* nothing allocated yet */
   in_thread(first_alloc_thread, NULL);
@@ -819,6 +875,8 @@ int main(void) {
   check_adopt_some();
   HEAP_OK();
   check_slack();
+  HEAP_OK();
+  check_page_edge();
   HEAP_OK();
   check_aligned();
   return check_done();
