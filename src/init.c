@@ -79,6 +79,9 @@ void bmm__modes_init(void) {
   bmm__leak_init();
   bmm__all_slow = bmm__secure || bmm__leak == 1;
   bmm__secure_fast = bmm__secure && !bmm__leak;
+  /* The leak report at exit goes to a copy of stderr: some programs (GNU
+   * coreutils) close stderr in an atexit handler, before our destructor. */
+  if (bmm__leak) bmm__os_keep_stderr();
 }
 
 /* Whether those options may still change: nothing allocated yet (no

@@ -23,7 +23,8 @@
  *            a few freed one by one go, and bmm_heap_destroy takes all the
  *            others out of the report while other blocks stay;
  *   at_exit  a child that keeps blocks and calls exit(0) prints the report
- *            on stderr at exit, naming the function that allocated them;
+ *            on stderr at exit, naming the function that allocated them,
+ *            also when an atexit handler closed its stderr first;
  *   churn    four threads allocate, reallocate and free (also each
  *            other's blocks) for a second while reports are taken, whose
  *            counts must always agree; the first stack walks of the process
@@ -917,6 +918,10 @@ static void case_heap(void) {
 /* ---- 5. the report at exit ---------------------------------------------- */
 
 #define H_BLOCKS 9
+static void close_stderr(void) {
+  close(STDERR_FILENO);
+}
+
 static void exit_keeping_blocks(void *arg) {
   (void)arg;
   static void *h[H_BLOCKS];
@@ -924,15 +929,32 @@ static void exit_keeping_blocks(void *arg) {
   exit(0); /* the destructor prints the report */
 }
 
+/* This program again, as --exit-closing: it closes stderr at exit before
+ * the report, as GNU coreutils do, and the report goes to the copy of
+ * stderr that BrainMM kept when that process started (with the pipe of
+ * check_child as its stderr: a fork would keep the parent's). */
+static void exec_exit_closing(void *arg) {
+  (void)arg;
+  execl("/proc/self/exe", "leak", "--exit-closing", (char *)NULL);
+  _exit(127);
+}
+
+static int main_exit_closing(void) {
+  atexit(close_stderr);
+  exit_keeping_blocks(NULL);
+  return 1;
+}
+
 static char exit_text[1 << 20];
 
-static void case_at_exit(void) {
+static void at_exit_run(bool closing) {
   void *p = bmm_malloc(500);
   CHECK(p != NULL);
   size_t u = bmm_usable_size(p);
   bmm_free(p);
   int lines;
-  int status = check_child(exit_keeping_blocks, NULL, exit_text, sizeof exit_text, &lines);
+  int status = check_child(closing ? exec_exit_closing : exit_keeping_blocks, NULL, exit_text,
+                           sizeof exit_text, &lines);
   CHECK(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
   CHECK(strstr(exit_text, "brainmm: leak report: ") != NULL);
   CHECK(strstr(exit_text, "leak_h+") != NULL);
@@ -949,6 +971,11 @@ static void case_at_exit(void) {
     check_print(2, "leak: at exit the child wrote %d lines: %.2000s\n", lines, exit_text);
   }
   CHECK(bmm_heap_check());
+}
+
+static void case_at_exit(void) {
+  at_exit_run(false);
+  at_exit_run(true);
 }
 
 /* ---- 6. churn by four threads ---------------------------------------------- */
@@ -1284,6 +1311,7 @@ int main(int argc, char **argv) {
   }
   if (mode != NULL && strcmp(mode, "--off") == 0) return main_off();
   if (mode != NULL && strcmp(mode, "--sampled") == 0) return main_sampled();
+  if (mode != NULL && strcmp(mode, "--exit-closing") == 0) return main_exit_closing();
   if (mode != NULL) return check_cases_main("leak", cases, NCASES, argc, argv);
 
   for (size_t i = 0; i < NCASES; i++)

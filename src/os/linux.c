@@ -343,7 +343,10 @@ void bmm__os_keep_stderr(void) {
 
 void bmm__os_write_stderr(const char *text, size_t len) {
   int saved = errno;
+  /* stderr itself while it is open (the program may have pointed it
+   * elsewhere: a test harness's pipe), the copy once it is closed. */
   int fd = atomic_load_explicit(&os_stderr_fd, memory_order_relaxed);
+  if (fd != STDERR_FILENO && fcntl(STDERR_FILENO, F_GETFD) != -1) fd = STDERR_FILENO;
   while (len > 0) {
     ssize_t n = write(fd, text, len);
     if (n < 0) {

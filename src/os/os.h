@@ -120,7 +120,8 @@ void bmm__os_write_stderr(const char *text, size_t len);
 
 /* Keep a private (close-on-exec) copy of standard error, so that what is
  * written from a destructor still arrives after the program closed its
- * stderr in an atexit handler (GNU coreutils do). */
+ * stderr in an atexit handler (GNU coreutils do). Writes use it only
+ * while descriptor 2 is closed: a program may have moved its stderr. */
 void bmm__os_keep_stderr(void);
 
 /* Terminate the process after a detected heap error (SIGABRT). */
