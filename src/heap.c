@@ -51,6 +51,8 @@ static _Atomic(int64_t) sweep_last;
 static atomic_int list_holders;
 static atomic_bool fork_pending;
 
+static unsigned fork_deferred_odd; /* the deferred hook's count, held across fork */
+
 static bool lists_enter(void) {
   atomic_fetch_add(&list_holders, 1);
   if (!atomic_load(&fork_pending)) return true;
@@ -401,22 +403,69 @@ static bmm_page_t *heap_page_fresh(bmm_theap_t *heap, size_t qi) {
   return page;
 }
 
-/* The program's deferred-free hook (bmm_register_deferred_free). */
+/* The program's deferred-free hook (bmm_register_deferred_free). Its
+ * function and argument change together under a sequence count, odd while
+ * a registration writes them, so that no thread calls one hook with
+ * another's argument (or with NULL, the argument of "none"). fork holds
+ * the count odd across the call: no registration is half done in the
+ * child. */
 static _Atomic(bmm_deferred_free_fn *) deferred_fn;
 static _Atomic(void *) deferred_arg;
+static _Atomic(unsigned) deferred_seq;
 
-BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
-  atomic_store_explicit(&deferred_arg, arg, memory_order_relaxed);
-  atomic_store_explicit(&deferred_fn, fn, memory_order_release);
+/* Make the count odd (ours to write), from an even value; returns it. */
+static unsigned deferred_write_begin(void) {
+  unsigned s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
+  while ((s & 1) || !atomic_compare_exchange_weak_explicit(&deferred_seq, &s, s + 1,
+                                                           memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+    bmm__cpu_relax();
+    s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
+  }
+  /* A reader that sees a store of ours below sees the odd count too. */
+  atomic_thread_fence(memory_order_release);
+  return s + 1;
 }
 
-/* Run the hook once, not recursively (it may allocate and free). */
+static void deferred_write_end(unsigned odd) {
+  atomic_store_explicit(&deferred_seq, odd + 1, memory_order_release);
+}
+
+BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
+  unsigned odd = deferred_write_begin();
+  atomic_store_explicit(&deferred_fn, fn, memory_order_relaxed);
+  atomic_store_explicit(&deferred_arg, arg, memory_order_relaxed);
+  deferred_write_end(odd);
+}
+
+/* The hook and its argument as one registration left them. */
+static bmm_deferred_free_fn *deferred_read(void **arg) {
+  for (;;) {
+    unsigned s = atomic_load_explicit(&deferred_seq, memory_order_acquire);
+    bmm_deferred_free_fn *fn = atomic_load_explicit(&deferred_fn, memory_order_relaxed);
+    *arg = atomic_load_explicit(&deferred_arg, memory_order_relaxed);
+    /* The loads above before the count's second load. */
+    atomic_thread_fence(memory_order_acquire);
+    if (!(s & 1) && atomic_load_explicit(&deferred_seq, memory_order_relaxed) == s) return fn;
+    bmm__cpu_relax();
+  }
+}
+
+/* Per thread, not per heap struct: a thread's default heap and its views
+ * of first-class heaps all lead here, and the hook must not run inside
+ * itself (it may allocate and free), nor see its heartbeat go back. */
+static __thread bool deferred_running;
+static __thread unsigned long long deferred_beats; /* this thread's visits */
+
 void bmm__heap_deferred_free(bmm_theap_t *heap, bool force) {
-  bmm_deferred_free_fn *fn = atomic_load_explicit(&deferred_fn, memory_order_acquire);
-  if (fn == NULL || heap == &bmm__heap_empty || heap->in_deferred) return;
-  heap->in_deferred = true;
-  fn(force, heap->heartbeat, atomic_load_explicit(&deferred_arg, memory_order_relaxed));
-  heap->in_deferred = false;
+  deferred_beats++;
+  if (heap == &bmm__heap_empty || deferred_running) return;
+  void *arg;
+  bmm_deferred_free_fn *fn = deferred_read(&arg);
+  if (fn == NULL) return;
+  deferred_running = true;
+  fn(force, deferred_beats, arg);
+  deferred_running = false;
 }
 
 /* Changes in blocks in use pass to the shared counts in batches: one
@@ -709,9 +758,11 @@ static void heap_sweep_abandoned(bmm_theap_t *heap) {
 void bmm__heap_fork_prepare(void) {
   atomic_store(&fork_pending, true);
   while (atomic_load(&list_holders) != 0) bmm__os_yield();
+  fork_deferred_odd = deferred_write_begin();
 }
 
 void bmm__heap_fork_release(void) {
+  deferred_write_end(fork_deferred_odd);
   atomic_store(&fork_pending, false);
 }
 

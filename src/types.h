@@ -264,8 +264,7 @@ struct bmm_theap_s {
   bmm_page_queue_t full; /* pages with no free block, out of the search */
   _Atomic(bmm_block_t *) delayed_free; /* [atomic] blocks freed into full pages */
   uintptr_t tid;
-  uint64_t heartbeat;  /* slow-path visits, passed to the deferred-free hook */
-  bool in_deferred;    /* the deferred-free hook is running on this thread */
+  uint64_t heartbeat;  /* slow-path visits (paces the check build's heap checks) */
   uint32_t arena_hint; /* arena to claim fresh pages from first */
   /* Changes in blocks in use per size class not yet added to the shared
    * counts (stats.c): added BMM_LIVE_BATCH at a time, so that threads

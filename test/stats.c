@@ -7,8 +7,10 @@
  * from the environment prints it at exit (in a child process, also one
  * that closes its stderr in an atexit handler); the
  * deferred-free hook runs regularly from the slow path with a growing
- * heartbeat, is not re-entered when it allocates, and gets force=true from
- * bmm_collect(true).
+ * heartbeat, is not re-entered when it allocates (also when a first-class
+ * heap's slow path called it), gets force=true from bmm_collect(true), and
+ * always gets its own argument while registrations change under a thread
+ * that allocates.
  */
 #define _GNU_SOURCE
 #include <brainmm.h>
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -46,6 +49,53 @@ static void hook(bool force, unsigned long long heartbeat, void *arg) {
   last_beat = heartbeat;
   free(malloc(64)); /* may allocate: not called again meanwhile */
   depth--;
+}
+
+/* The hook again, run from a first-class heap's slow path: its own
+ * allocations (BrainMM's, whatever malloc is) reach the default heap's
+ * slow path, which must not call it again on this thread; and the
+ * heartbeat it sees, from either heap, never goes back. */
+static void *hook_keep[64];
+static unsigned hook_next;
+static void view_hook(bool force, unsigned long long heartbeat, void *arg) {
+  CHECK(arg == &calls);
+  if (depth++ != 0) inner_calls++; /* must never happen */
+  calls++;
+  (void)force;
+  CHECK(heartbeat >= last_beat);
+  last_beat = heartbeat;
+  for (int i = 0; i < 8; i++) { /* blocks of a few KiB: new pages now and then */
+    unsigned j = hook_next++ % 64;
+    bmm_free(hook_keep[j]);
+    hook_keep[j] = bmm_malloc(4000 + (calls % 7) * 512);
+  }
+  depth--;
+}
+
+/* Registrations switching between two hooks and none while a thread
+ * allocates: a hook must always get its own argument. */
+static int cookie_a, cookie_b;
+static atomic_ulong race_calls, wrong_arg;
+static atomic_bool race_stop;
+static void race_hook_a(bool force, unsigned long long heartbeat, void *arg) {
+  (void)force, (void)heartbeat;
+  atomic_fetch_add(&race_calls, 1);
+  if (arg != &cookie_a) atomic_fetch_add(&wrong_arg, 1);
+}
+static void race_hook_b(bool force, unsigned long long heartbeat, void *arg) {
+  (void)force, (void)heartbeat;
+  atomic_fetch_add(&race_calls, 1);
+  if (arg != &cookie_b) atomic_fetch_add(&wrong_arg, 1);
+}
+static void *race_worker(void *arg) {
+  (void)arg;
+  void *held[64] = {0};
+  for (unsigned i = 0; !atomic_load(&race_stop); i++) { /* 16 KiB blocks: a slow path often */
+    bmm_free(held[i % 64]);
+    held[i % 64] = bmm_malloc(16000 + (i % 8) * 1024);
+  }
+  for (int j = 0; j < 64; j++) bmm_free(held[j]);
+  return NULL;
 }
 
 static void close_stderr(void) {
@@ -241,6 +291,38 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 100000; i++) bmm_free(bmm_malloc(24));
   bmm_collect(true);
   CHECK(calls == after); /* unregistered */
+
+  /* From a first-class heap's slow path. */
+  bmm_heap_t *h = bmm_heap_new();
+  CHECK(h != NULL);
+  calls = inner_calls = last_beat = 0;
+  bmm_register_deferred_free(view_hook, &calls);
+  for (int i = 0; i < 200000 && h != NULL; i++) {
+    void *p = bmm_heap_malloc(h, 100 + (size_t)(i % 50) * 16);
+    if (i % 2) bmm_free(p);
+  }
+  bmm_register_deferred_free(NULL, NULL);
+  CHECK(calls > 0);
+  CHECK_EQ_SZ(inner_calls, 0);
+  if (h != NULL) bmm_heap_destroy(h);
+  for (int j = 0; j < 64; j++) bmm_free(hook_keep[j]);
+
+  /* Registrations racing a thread's slow paths. */
+  pthread_t racer;
+  CHECK(pthread_create(&racer, NULL, race_worker, NULL) == 0);
+  /* Until the worker made enough calls (it may wait for a CPU), or 5 s. */
+  time_t until = time(NULL) + 5;
+  for (int r = 0; r < 300000 || (atomic_load(&race_calls) < 100000 && time(NULL) < until); r++) {
+    bmm_register_deferred_free(race_hook_a, &cookie_a);
+    bmm_register_deferred_free(race_hook_b, &cookie_b);
+    bmm_register_deferred_free(NULL, NULL);
+  }
+  atomic_store(&race_stop, true);
+  pthread_join(racer, NULL);
+  printf("stats: racing registrations: %lu hook calls, %lu with another's argument\n",
+         atomic_load(&race_calls), atomic_load(&wrong_arg));
+  CHECK(atomic_load(&race_calls) > 0);
+  CHECK_EQ_SZ(atomic_load(&wrong_arg), 0);
   bmm_free(big);
   printf("stats: hook called %llu times, heartbeat %llu\n", calls, last_beat);
   return check_done();
