@@ -101,6 +101,8 @@ void bmm__zero_block(void *p, size_t size) {
   if (atomic_load_explicit(&page->kind, memory_order_relaxed) != BMM_PAGE_HUGE ||
       page->capacity != 0)
     memset(p, 0, size);
+  else
+    bmm__track_zeroed(p, size);
 }
 
 /* Usable size of the live block at p and the alignment it must keep (0:

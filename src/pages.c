@@ -7,13 +7,25 @@
  * bmm__rights_map in arena.c).
  */
 #include "internal.h"
+#include "track.h"
 
 BMM_API size_t bmm_page_size(void) {
   return BMM_SPAN_PAGE;
 }
 
+/* Fresh pages p (or NULL) handed out as a large block is: counted in the
+ * statistics, recorded for the leak report when due, and shown to memory
+ * checkers (zeroed: defined). Their frees go through free's large-block
+ * path, which counts and forgets them. */
+static void *pages_handed_out(void *p) {
+  if (p == NULL) return NULL;
+  bmm__large_handed_out(p, bmm_usable_size(p));
+  bmm__track_zeroed(p, bmm_usable_size(p));
+  return p;
+}
+
 BMM_API void *bmm_pages_alloc(size_t count) {
-  return bmm__pages_alloc(count);
+  return pages_handed_out(bmm__pages_alloc(count));
 }
 
 /* The descriptor of pages from bmm_pages_alloc starting at p, or NULL
@@ -35,7 +47,7 @@ static bmm_page_t *pages_of(void *p, const char *call) {
  * copy must read them. So are pages a resize failed for (ENOMEM): the
  * rights they had are not recorded anywhere to be put back. */
 static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *call) {
-  if (p == NULL) return bmm__pages_alloc(count);
+  if (p == NULL) return pages_handed_out(bmm__pages_alloc(count));
   bmm_page_t *page = pages_of(p, call);
   if (page == NULL) {
     errno = EINVAL;
@@ -45,7 +57,14 @@ static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *
                      ? bmm__span_usable(p, page)
                      : page->block_size;
   bmm__arena_restore_rights(p, bytes);
-  return bmm__pages_resize(p, page, count, mode);
+  void *q = bmm__pages_resize(p, page, count, mode);
+  if (q != NULL) { /* the same block, resized (as realloc's large path) */
+    size_t now = bmm_usable_size(q);
+    bmm__stats_large_resized(bytes, now);
+    if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, now);
+    bmm__track_resized(p, bytes, q, now);
+  }
+  return q;
 }
 
 BMM_API void *bmm_pages_realloc(void *pages, size_t count) {

@@ -61,6 +61,17 @@ static inline void bmm__track_alloc(void *p, size_t size) {
   (void)size;
 }
 
+/* p (`size` bytes, handed out) reads as zero without having been
+ * written (a fresh mapping, dropped pages): calloc's and the pages API's
+ * contents are defined. */
+static inline void bmm__track_zeroed(void *p, size_t size) {
+#if defined(BMM_VALGRIND) && BMM_VALGRIND
+  VALGRIND_MAKE_MEM_DEFINED(p, size);
+#endif
+  (void)p;
+  (void)size;
+}
+
 /* p (a block of `size` bytes) comes back; the allocator may write its
  * first BMM_TRACK_KEEP bytes next. Call before the block is on a list. */
 static inline void bmm__track_free(void *p, size_t size) {

@@ -230,15 +230,19 @@ int main(int argc, char **argv) {
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
 
   /* Large blocks resized where they are (grown, shrunk, grown into a huge
-   * mapping, remapped) and freed: as many bytes freed as allocated. */
+   * mapping, remapped) and freed: as many bytes freed as allocated. The
+   * same for the pages API (counts of pages: bytes / 4096). */
   static const size_t steps[][2] = {
       {100000, 200000}, {200000, 100000}, {100000, 30 << 20}, {20 << 20, 40 << 20}};
-  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+  for (size_t i = 0; i < 2 * (sizeof steps / sizeof steps[0]); i++) {
+    bool pages = i >= sizeof steps / sizeof steps[0];
+    size_t from = steps[i % 4][0], to = steps[i % 4][1];
     bmm_stats_reset();
-    char *p = bmm_malloc(steps[i][0]);
-    char *q = p != NULL ? bmm_realloc(p, steps[i][1]) : NULL;
+    char *p = pages ? bmm_pages_alloc(from / 4096) : bmm_malloc(from);
+    char *q = p == NULL ? NULL : pages ? bmm_pages_realloc(p, to / 4096) : bmm_realloc(p, to);
     CHECK(q != NULL);
-    bmm_free(q);
+    if (pages) bmm_pages_free(q);
+    else bmm_free(q);
     text_len = 0;
     bmm_stats_print(collect, text);
     const char *l = strstr(text, "\"large\": {");
@@ -247,10 +251,10 @@ int main(int argc, char **argv) {
                                  "\"freed\": %lu, \"freed_bytes\": %lu",
                               &n_alloc, &b_alloc, &n_freed, &b_freed) == 4);
     CHECK(n_alloc == 1 && n_freed == 1);
-    if (b_alloc != b_freed)
-      check_print(2, "stats: large %zu -> %zu: %lu bytes allocated, %lu freed\n", steps[i][0],
-                  steps[i][1], b_alloc, b_freed);
-    CHECK(b_alloc == b_freed && b_alloc >= steps[i][1]);
+    if (b_alloc != b_freed || n_alloc != 1 || n_freed != 1)
+      check_print(2, "stats: %s %zu -> %zu: %lu (%lu bytes) allocated, %lu (%lu) freed\n",
+                  pages ? "pages" : "large", from, to, n_alloc, b_alloc, n_freed, b_freed);
+    CHECK(b_alloc == b_freed && b_alloc >= to / 4096 * 4096);
   }
   /* A freed huge block, kept mapped for reuse a while: committed still,
    * no longer in use. */

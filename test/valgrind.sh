@@ -41,5 +41,9 @@ out=$("${vg[@]}" "$build/test/valgrind_leak" grow_left 2>&1)
 rc=$?
 [ $rc -eq 0 ] && pass "a large block grown in place to the left: memcheck clean" ||
   fail "grow left under memcheck: exit $rc: $(echo "$out" | head -20)"
+out=$("${vg[@]}" "$build/test/valgrind_leak" zeroed 2>&1)
+rc=$?
+[ $rc -eq 0 ] && pass "calloc of a fresh huge mapping and the pages API: memcheck clean" ||
+  fail "zeroed memory and pages under memcheck: exit $rc: $(echo "$out" | head -20)"
 rm -f /tmp/bmm_vg_stress.$$ /tmp/bmm_vg_contract.$$
 finish

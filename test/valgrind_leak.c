@@ -7,7 +7,9 @@
  * not reported, and a read past the end of a block (into a free one, beyond
  * the 16 bytes the allocator keeps accessible) is an invalid read; and a
  * large block that realloc grows in place to the left (its data moved down
- * into pages that were free) raises no error. It calls the bmm_ names:
+ * into pages that were free) raises no error, nor do zeroed memory that
+ * BrainMM never wrote (calloc of a fresh huge mapping, the pages API) and
+ * the pages API's resize and free. It calls the bmm_ names:
  * valgrind replaces any function named malloc it can see, a program's own
  * included.
  */
@@ -52,8 +54,28 @@ static int grow_left(void) {
   return ok ? 0 : 1;
 }
 
+/* Zeroed memory that BrainMM did not write (a fresh huge mapping from
+ * calloc, pages from the pages API) reads as defined, and pages are heap
+ * blocks to memcheck: resizing and freeing them is no invalid free. */
+static int zeroed(void) {
+  char *z = bmm_calloc(1, 64 << 20), *p = bmm_pages_alloc(3), *h = bmm_pages_alloc(5000);
+  int bad = z == NULL || p == NULL || h == NULL;
+  for (size_t i = 0; !bad && i < 64 << 20; i += 4096)
+    bad |= z[i] != 0;
+  for (size_t i = 0; !bad && i < 3 * bmm_page_size(); i += 64)
+    bad |= p[i] != 0 || h[i] != 0;
+  if (p != NULL) p[0] = 5;
+  char *q = bmm_pages_realloc(p, 40); /* grows, in place or moved */
+  bad |= q == NULL || q[0] != 5;
+  bmm_free(z);
+  bmm_pages_free(q != NULL ? q : p);
+  bmm_pages_free(h);
+  return bad;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "grow_left") == 0) return grow_left();
+  if (argc > 1 && strcmp(argv[1], "zeroed") == 0) return zeroed();
   leak_three();
   if (argc > 1) return read_past_end() == 123;
   return 0;
