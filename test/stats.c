@@ -229,6 +229,22 @@ int main(int argc, char **argv) {
   CHECK(strstr(text, "\"large\": {\"allocated\": ") != NULL);
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
 
+  /* RSS and peak RSS, read as memory grows: the peak is never below the
+   * RSS (the kernel updates its own peak lazily). */
+  static char *grown[16];
+  for (int i = 0; i < 16; i++) {
+    grown[i] = bmm_malloc(1 << 20);
+    if (grown[i] != NULL) memset(grown[i], i + 1, 1 << 20);
+    text_len = 0;
+    bmm_stats_print(collect, text);
+    unsigned long rss = 0, peak_rss = 0;
+    const char *r = strstr(text, "\"rss\": ");
+    CHECK(r != NULL && sscanf(r, "\"rss\": %lu, \"peak_rss\": %lu", &rss, &peak_rss) == 2);
+    if (!CHECK(rss > 0 && peak_rss >= rss))
+      check_print(2, "stats: rss %lu, peak_rss %lu\n", rss, peak_rss);
+  }
+  for (int i = 0; i < 16; i++) bmm_free(grown[i]);
+
   /* Large blocks resized where they are (grown, shrunk, grown into a huge
    * mapping, remapped) and freed: as many bytes freed as allocated. The
    * same for the pages API (counts of pages: bytes / 4096). */

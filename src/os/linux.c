@@ -461,4 +461,7 @@ void bmm__os_process_info(bmm_os_process_info_t *out) {
     out->major_faults = (unsigned long long)ru.ru_majflt;
   }
   out->rss = bmm__os_rss();
+  /* The kernel folds the current RSS into ru_maxrss lazily (at exit, on
+   * some page-table changes): the peak is at least what is resident now. */
+  if (out->peak_rss < out->rss) out->peak_rss = out->rss;
 }
