@@ -877,11 +877,26 @@ bool bmm__heap_check(bmm_theap_t *heap) {
   return true;
 }
 
+/* What `page` of `heap` changed since the shared counts last saw it:
+ * blocks popped from its free list (its `installed` blocks less those
+ * still there) and the change in blocks in use. Blocks on thread_free are
+ * counted in used still, and so are those leak_sample cut from the free
+ * list (bmm__leak_on_alloc), which were not handed out either. */
+static void page_uncounted(const bmm_theap_t *heap, const bmm_page_t *page, uint32_t *popped,
+                           int64_t *live_change) {
+  *popped = bmm__page_popped(page);
+  uint32_t aside = bmm__tf_count(atomic_load_explicit(&page->thread_free, memory_order_relaxed));
+  if (page == heap->leak_page) {
+    *popped = *popped > heap->leak_rest_n ? *popped - heap->leak_rest_n : 0;
+    aside += heap->leak_rest_n;
+  }
+  *live_change = (int64_t)page->used - aside - page->live_acct;
+}
+
 /* Pages, blocks in use and capacity per size class of `heap` (plain and
  * aligned queues and the full queue together), and what its pages changed
- * since the shared counts last saw them: blocks popped from their free
- * lists (their `installed` blocks less those still there) and the change
- * in blocks in use. Its owner calls this; returns BMM_CLASS_COUNT. */
+ * since the shared counts last saw them (page_uncounted). Its owner calls
+ * this; returns BMM_CLASS_COUNT. */
 size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]) {
   memset(out, 0, sizeof(bmm_class_stats_t) * BMM_CLASS_COUNT);
   if (heap == &bmm__heap_empty) return BMM_CLASS_COUNT;
@@ -892,19 +907,33 @@ size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_
       cs->pages++;
       cs->used += page->used;
       cs->capacity += page->reserved;
-      /* Blocks on thread_free are counted in used still, and so are those
-       * leak_sample cut from the free list (bmm__leak_on_alloc), which
-       * were not handed out either. */
-      uint32_t popped = bmm__page_popped(page);
-      uint32_t aside = bmm__tf_count(atomic_load_explicit(&page->thread_free, memory_order_relaxed));
-      if (page == heap->leak_page) {
-        popped = popped > heap->leak_rest_n ? popped - heap->leak_rest_n : 0;
-        aside += heap->leak_rest_n;
-      }
+      uint32_t popped;
+      int64_t live_change;
+      page_uncounted(heap, page, &popped, &live_change);
       cs->popped += popped;
-      cs->live_change += (int64_t)page->used - aside - page->live_acct;
+      cs->live_change += live_change;
     }
   }
   for (size_t c = 0; c < BMM_CLASS_COUNT; c++) out[c].live_change += heap->live_pending[c];
   return BMM_CLASS_COUNT;
+}
+
+/* Pass what `heap` (the caller's) has not told the shared counts yet to
+ * them now (bmm_stats_reset: the base it takes must not depend on which
+ * thread prints later; another thread cannot see this one's share). */
+void bmm__heap_stats_flush(bmm_theap_t *heap) {
+  if (heap == &bmm__heap_empty) return;
+  for (size_t c = 0; c < BMM_ALL_QUEUES; c++) {
+    bmm_page_queue_t *q = heap_queue_at(heap, c);
+    for (bmm_page_t *page = q->first; page != NULL; page = page->next) {
+      uint32_t popped;
+      int64_t live_change;
+      page_uncounted(heap, page, &popped, &live_change);
+      heap_count_allocs(heap, page->class_idx, popped);
+      page->installed = (uint16_t)(page->installed - popped);
+      page->live_acct = (uint16_t)(page->live_acct + live_change);
+      heap->live_pending[page->class_idx] += (int32_t)live_change;
+    }
+  }
+  for (size_t c = 0; c < BMM_CLASS_COUNT; c++) heap_live_flush(heap, c);
 }

@@ -386,6 +386,7 @@ typedef struct bmm_class_stats_s {
   int64_t live_change; /* blocks in use now less what the shared counts hold */
 } bmm_class_stats_t;
 size_t bmm__heap_class_stats(bmm_theap_t *heap, bmm_class_stats_t out[BMM_CLASS_COUNT]);
+void bmm__heap_stats_flush(bmm_theap_t *heap);
 bool bmm__heap_check(bmm_theap_t *heap);
 bmm_theap_t *bmm__heap_view_new(struct bmm_heap *owner);
 void bmm__heap_view_release(bmm_theap_t *view);

@@ -182,6 +182,7 @@ static void process_info(bmm_os_process_info_t *pi) {
 }
 
 BMM_API void bmm_stats_reset(void) {
+  bmm__heap_stats_flush(bmm__heap_tls);
   bmm_mem_stats_t st;
   bmm__os_process_info(&base);
   bmm__mem_stats(&st);

@@ -98,6 +98,30 @@ static void *race_worker(void *arg) {
   return NULL;
 }
 
+/* The JSON row of the 1280-byte class, printed by a thread of its own. */
+static unsigned long row_1280[3];
+static char thread_text[1 << 16];
+static size_t thread_text_len;
+static void collect_thread(const char *chunk, void *arg) {
+  (void)arg;
+  size_t n = strlen(chunk);
+  if (thread_text_len + n < sizeof thread_text) {
+    memcpy(thread_text + thread_text_len, chunk, n);
+    thread_text_len += n;
+    thread_text[thread_text_len] = 0;
+  }
+}
+static void *print_1280_row(void *arg) {
+  (void)arg;
+  thread_text_len = 0;
+  bmm_stats_print(collect_thread, NULL);
+  const char *r = strstr(thread_text, "{\"block_size\": 1280, ");
+  CHECK(r != NULL && sscanf(r, "{\"block_size\": 1280, \"allocated\": %lu, \"freed\": %lu, "
+                               "\"in_use\": %lu",
+                            &row_1280[0], &row_1280[1], &row_1280[2]) == 3);
+  return NULL;
+}
+
 static void close_stderr(void) {
   close(STDERR_FILENO);
 }
@@ -228,6 +252,21 @@ int main(int argc, char **argv) {
   CHECK(strstr(text, "{\"block_size\": 48, \"allocated\": ") != NULL);
   CHECK(strstr(text, "\"large\": {\"allocated\": ") != NULL);
   CHECK(text_len > 2 && text[text_len - 2] == '}' && text[text_len - 1] == '\n');
+
+  /* A reset, then another thread's printout: the blocks this thread
+   * allocated before the reset are in use, none allocated or freed since
+   * (the reset passed this thread's uncounted blocks to the shared counts,
+   * which are all the other thread sees). */
+  static void *before_reset[300];
+  for (int i = 0; i < 300; i++) before_reset[i] = bmm_malloc(1200);
+  bmm_stats_reset();
+  pthread_t printer;
+  CHECK(pthread_create(&printer, NULL, print_1280_row, NULL) == 0 &&
+        pthread_join(printer, NULL) == 0);
+  if (!CHECK(row_1280[0] == 0 && row_1280[1] == 0 && row_1280[2] == 300))
+    check_print(2, "stats: 1280 B after a reset, by another thread: %lu allocated, %lu freed, "
+                   "%lu in use\n", row_1280[0], row_1280[1], row_1280[2]);
+  for (int i = 0; i < 300; i++) bmm_free(before_reset[i]);
 
   /* RSS and peak RSS, read as memory grows: the peak is never below the
    * RSS (the kernel updates its own peak lazily). */
