@@ -16,7 +16,10 @@
  * malloc, and the trace of a C++ program would otherwise depend on the
  * allocator underneath. When no C++ runtime is visible to RTLD_NEXT (a C++
  * library dlopen'ed with RTLD_LOCAL), operator new falls back to the real
- * malloc and aborts instead of throwing when that fails.
+ * malloc; when that fails it looks for a runtime once more (one dlopen'ed
+ * with RTLD_GLOBAL since) to throw, and aborts if there is still none. A
+ * new-handler's own calls are not recorded: it runs inside the real
+ * operator new, whose internal malloc must not count twice.
  *
  * The tracer never allocates with malloc: record buffers and map tables come
  * from mmap. dlsym may itself call malloc or calloc before the real ones are
@@ -27,11 +30,15 @@
  * percent sign), relative names taken from the directory the program
  * started in. The file is created at the first flush, so a process that
  * makes no allocation writes none. A program that execs gets a new trace
- * (the new image loads the tracer again); give a name with %p then, or the
- * processes overwrite one another's file. A child after fork() writes its
- * own file, starting with INHERIT records for the blocks it inherited; if
- * the name has no %p, ".PID" is appended. Records still in buffers when a
- * process ends by exec, _exit or a crash are lost.
+ * (the new image loads the tracer again): the image before the exec has
+ * the same pid, and its file is kept, the new one named NAME.2 (.3 after
+ * a second exec, ...); a file of that name that another process wrote is
+ * overwritten, so give a name with %p to keep one per process. A child
+ * after fork() writes its own file, starting with INHERIT records for the
+ * blocks it inherited; if the name has no %p, ".PID" is appended. A child
+ * of _Fork (which skips the fork handlers), or of a fork() made by a signal
+ * handler that interrupted one of our calls, is not recorded. Records
+ * still in buffers when a process ends by exec, _exit or a crash are lost.
  *
  * Ordering. Records carry CLOCK_MONOTONIC time and the replayer merges the
  * threads' records by time, so an object's allocation must never carry a
@@ -284,6 +291,10 @@ static inline void spin_lock(_Atomic uint32_t *lock) {
   }
 }
 
+static inline bool spin_trylock(_Atomic uint32_t *lock) {
+  return !atomic_exchange_explicit(lock, 1, memory_order_acquire);
+}
+
 static inline void spin_unlock(_Atomic uint32_t *lock) {
   atomic_store_explicit(lock, 0, memory_order_release);
 }
@@ -442,6 +453,7 @@ static char g_pattern[PATH_MAX]; /* BMM_TRACE_FILE made absolute */
 static char g_path[PATH_MAX + 32];
 static bmm_trace_header_t g_header; /* pid, ppid and flags are refreshed per file */
 static bool g_forked;               /* this process is a fork child */
+static pid_t g_pid;                 /* this process, as initialisation or fork_child saw it */
 
 static uint64_t next_id(void) {
   if (trace_unlikely(t_id_next == t_id_end)) {
@@ -521,6 +533,32 @@ static int file_raise_fd(int fd) {
   return high;
 }
 
+/* Whether the file at `path` is a trace written by this very process: an
+ * image of it before an exec (which keeps the pid). */
+static bool file_is_own_trace(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bmm_trace_header_t h;
+  bool own = read(fd, &h, sizeof h) == (ssize_t)sizeof h &&
+             memcmp(h.magic, BMM_TRACE_MAGIC, sizeof h.magic) == 0 && h.pid == (uint32_t)getpid();
+  close(fd);
+  return own;
+}
+
+/* The trace of this process before an exec is kept: this image writes
+ * g_path.2 (or .3, ...) instead of truncating it. Another process's file
+ * of that name is overwritten, as before. */
+static void file_avoid_own_trace(void) {
+  if (!file_is_own_trace(g_path)) return;
+  size_t len = strlen(g_path);
+  for (unsigned long n = 2; n < 1000 && len + 5 < sizeof g_path; n++) {
+    char *end = append_uint(append_str(g_path + len, g_path + sizeof g_path - 1, "."),
+                            g_path + sizeof g_path - 1, n);
+    *end = '\0';
+    if (!file_is_own_trace(g_path)) return;
+  }
+}
+
 /* Makes g_fd a descriptor of our own file, creating the file (and writing
  * its header) the first time. The program may have closed our descriptor
  * and reused the number for a file of its own: each flush checks the
@@ -528,6 +566,15 @@ static int file_raise_fd(int fd) {
 static bool file_ensure_locked(void) {
   if (g_file_broken) return false;
   struct stat st;
+  if (g_pid != getpid()) {
+    /* A child made without the fork handlers (_Fork): it shares the
+     * parent's descriptor and object ids, and its buffers hold the
+     * parent's records. It is not recorded; the parent's file stays whole. */
+    g_fd = -1;
+    g_file_broken = true;
+    atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
+    return false;
+  }
   if (g_fd >= 0) {
     if (fstat(g_fd, &st) == 0 && st.st_dev == g_file_dev && st.st_ino == g_file_ino) return true;
     int fd = open(g_path, O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -540,6 +587,7 @@ static bool file_ensure_locked(void) {
     return true;
   }
   file_make_path();
+  file_avoid_own_trace();
   int fd = open(g_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     file_fail_locked("cannot create ");
@@ -657,9 +705,15 @@ static void trace_emit(uint8_t op, uint8_t api, uint64_t id, uint64_t size_align
 /* ---- Fork ------------------------------------------------------------- */
 
 static bool g_fork_locked; /* the prepare handler took our locks */
+/* fork() from a signal handler that interrupted one of our calls on this
+ * thread: it holds locks of ours that the handlers would wait for forever.
+ * They take none then, and the child is not recorded. */
+static bool g_fork_nested;
 
 static void fork_prepare(void) {
-  g_fork_locked = atomic_load_explicit(&g_state, memory_order_acquire) != ST_UNINIT;
+  g_fork_nested = t_depth != 0;
+  g_fork_locked =
+      !g_fork_nested && atomic_load_explicit(&g_state, memory_order_acquire) != ST_UNINIT;
   if (!g_fork_locked) return;
   pthread_mutex_lock(&g_index_lock);
   pthread_mutex_lock(&g_file_lock);
@@ -679,6 +733,14 @@ static void fork_parent(void) {
  * (it writes them itself) and other threads' buffers are ownerless, so all
  * are emptied; the map stays, because the child inherits those blocks. */
 static void fork_child(void) {
+  if (g_fork_nested) {
+    /* The interrupted call goes on in the child when the handler returns:
+     * a write of the parent's records it was making fails here. */
+    g_fd = -1;
+    g_file_broken = true;
+    atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
+    return;
+  }
   if (!g_fork_locked) return;
   for (int i = TRACE_SHARDS - 1; i >= 0; i--)
     spin_unlock(&g_map[i].lock);
@@ -693,6 +755,7 @@ static void fork_child(void) {
   if (g_fd >= 0) close(g_fd);
   g_fd = -1;
   g_forked = true;
+  g_pid = getpid();
   int expected = ST_READY;
   atomic_compare_exchange_strong(&g_state, &expected, ST_FORKED);
   pthread_mutex_unlock(&g_file_lock);
@@ -739,6 +802,36 @@ static void *resolve(const char *name) {
   return dlsym(RTLD_NEXT, name);
 }
 
+/* g_pattern: BMM_TRACE_FILE (or the default) made absolute, from the
+ * directory the program started in: our constructor runs before the
+ * program's (which may chdir), unless an allocation made by an earlier
+ * constructor initialised us first. */
+static _Atomic int g_pattern_state; /* 0, 1 being made, 2 made */
+
+static void trace_pattern_init(void) {
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&g_pattern_state, &expected, 1)) {
+    while (atomic_load(&g_pattern_state) != 2)
+      sched_yield();
+    return;
+  }
+  const char *name = getenv("BMM_TRACE_FILE");
+  if (name == NULL || *name == '\0') name = TRACE_DEFAULT_FILE;
+  char *out = g_pattern, *end = g_pattern + sizeof g_pattern - 1;
+  if (name[0] != '/' && getcwd(g_pattern, sizeof g_pattern - 2) != NULL) {
+    out = g_pattern + strlen(g_pattern);
+    if (out > g_pattern && out[-1] != '/') *out++ = '/';
+  }
+  out = append_str(out, end, name);
+  *out = '\0';
+  atomic_store(&g_pattern_state, 2);
+}
+
+/* Before any constructor of the program (the tracer is preloaded). */
+__attribute__((constructor)) static void trace_constructor(void) {
+  trace_pattern_init();
+}
+
 /* Runs once, in the first thread to call us, with t_depth set. Returns
  * false when recording is impossible; the real functions are then still
  * known if they exist at all. */
@@ -767,6 +860,7 @@ static trace_cold bool trace_init_once(void) {
     abort();
   }
 
+  g_pid = getpid();
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   g_t0_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -785,18 +879,7 @@ static trace_cold bool trace_init_once(void) {
   g_header.wall_start_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
   prctl(PR_GET_NAME, g_header.comm, 0, 0, 0);
 
-  /* The name is made absolute now: the program may change directory
-   * before the first flush creates the file. */
-  const char *name = getenv("BMM_TRACE_FILE");
-  if (name == NULL || *name == '\0') name = TRACE_DEFAULT_FILE;
-  char *out = g_pattern, *end = g_pattern + sizeof g_pattern - 1;
-  if (name[0] != '/' && getcwd(g_pattern, sizeof g_pattern - 2) != NULL) {
-    out = g_pattern + strlen(g_pattern);
-    if (out > g_pattern && out[-1] != '/') *out++ = '/';
-  }
-  out = append_str(out, end, name);
-  *out = '\0';
-
+  trace_pattern_init();
   if (pthread_key_create(&g_thread_key, thread_detach) != 0) {
     trace_say("pthread_key_create failed", NULL, NULL);
     return false;
@@ -866,14 +949,28 @@ __attribute__((destructor)) static void trace_fini(void) {
   int s = atomic_load_explicit(&g_state, memory_order_acquire);
   if (s != ST_READY && s != ST_FORKED) return;
   int saved_errno = errno;
+  /* exit() from a signal handler that interrupted one of our calls on
+   * this thread: the locks that call holds are ours, and waiting for them
+   * would never end. Only what can be taken at once is written then. */
+  bool nested = t_depth != 0;
   t_depth++;
   atomic_store_explicit(&g_finalizing, true, memory_order_seq_cst);
   uint32_t used = atomic_load_explicit(&g_buffers_used, memory_order_acquire);
   for (uint32_t i = 0; i < used; i++) {
     trace_buffer_t *b = g_buffers[i];
     if (b == NULL) continue;
-    spin_lock(&b->lock);
-    buffer_flush_locked(b);
+    if (nested) {
+      if (!spin_trylock(&b->lock)) continue;
+      if (pthread_mutex_trylock(&g_file_lock) == 0) {
+        if (b->count != 0 && file_ensure_locked())
+          file_write_all_locked(b->records, b->count * sizeof(bmm_trace_record_t));
+        b->count = 0;
+        pthread_mutex_unlock(&g_file_lock);
+      }
+    } else {
+      spin_lock(&b->lock);
+      buffer_flush_locked(b);
+    }
     spin_unlock(&b->lock);
   }
   t_depth--;
@@ -1063,36 +1160,49 @@ TRACE_EXPORT int posix_memalign(void **out, size_t align, size_t size) {
   return err;
 }
 
-/* aligned_alloc, memalign, valloc and pvalloc: `real` may be missing from
- * the next allocator, then posix_memalign stands in. */
-static void *trace_aligned(void *(*real)(size_t, size_t), uint8_t api, size_t align, size_t size) {
-  if (!trace_begin()) return real ? real(align, size) : pass_aligned(align, size);
-  void *p = real ? real(align, size) : pass_aligned(align, size);
+/* aligned_alloc, memalign, valloc and pvalloc: the real one is looked up
+ * after trace_begin, which resolves the real functions on the process's
+ * first call (read before, it was NULL then, and posix_memalign, which
+ * refuses alignments memalign rounds up, served that call). One the next
+ * allocator lacks is served by posix_memalign. */
+enum { ALIGNED_ALLOC, ALIGNED_MEMALIGN, ALIGNED_VALLOC, ALIGNED_PVALLOC };
+
+static void *call_aligned(int which, size_t align, size_t size) {
+  switch (which) {
+  case ALIGNED_ALLOC:
+    if (g_real.aligned_alloc) return g_real.aligned_alloc(align, size);
+    break;
+  case ALIGNED_MEMALIGN:
+    if (g_real.memalign) return g_real.memalign(align, size);
+    break;
+  case ALIGNED_VALLOC:
+    if (g_real.valloc) return g_real.valloc(size);
+    break;
+  default:
+    if (g_real.pvalloc) return g_real.pvalloc(size);
+    break;
+  }
+  return pass_aligned(align, size);
+}
+
+static void *trace_aligned(int which, uint8_t api, size_t align, size_t size) {
+  if (!trace_begin()) return call_aligned(which, align, size);
+  void *p = call_aligned(which, align, size);
   if (p) record_new(p, BMM_TRACE_OP_ALIGNED, api, size, ceil_log2(align));
   trace_end();
   return p;
 }
 
 TRACE_EXPORT void *aligned_alloc(size_t align, size_t size) {
-  return trace_aligned(g_real.aligned_alloc, BMM_TRACE_API_ALIGNED_ALLOC, align, size);
+  return trace_aligned(ALIGNED_ALLOC, BMM_TRACE_API_ALIGNED_ALLOC, align, size);
 }
 
 TRACE_EXPORT void *memalign(size_t align, size_t size) {
-  return trace_aligned(g_real.memalign, BMM_TRACE_API_MEMALIGN, align, size);
-}
-
-static void *call_valloc(size_t align, size_t size) {
-  (void)align;
-  return g_real.valloc(size);
-}
-
-static void *call_pvalloc(size_t align, size_t size) {
-  (void)align;
-  return g_real.pvalloc(size);
+  return trace_aligned(ALIGNED_MEMALIGN, BMM_TRACE_API_MEMALIGN, align, size);
 }
 
 TRACE_EXPORT void *valloc(size_t size) {
-  return trace_aligned(g_real.valloc ? call_valloc : NULL, BMM_TRACE_API_VALLOC, g_page_size, size);
+  return trace_aligned(ALIGNED_VALLOC, BMM_TRACE_API_VALLOC, g_page_size, size);
 }
 
 /* pvalloc rounds the size up to whole pages (one page for 0): the program
@@ -1103,8 +1213,7 @@ TRACE_EXPORT void *pvalloc(size_t size) {
     errno = ENOMEM;
     return NULL;
   }
-  return trace_aligned(g_real.pvalloc ? call_pvalloc : NULL, BMM_TRACE_API_PVALLOC, g_page_size,
-                       rounded);
+  return trace_aligned(ALIGNED_PVALLOC, BMM_TRACE_API_PVALLOC, g_page_size, rounded);
 }
 
 TRACE_EXPORT void free_sized(void *p, size_t size) {
@@ -1144,34 +1253,36 @@ static trace_cold void cxx_out_of_memory(size_t size) {
   abort();
 }
 
+/* The real operator new `which` (fn) for size, align and the nothrow tag. */
+static void *call_new(int which, void *fn, size_t size, size_t align, const void *tag) {
+  switch (which) {
+  case CXX_NEW:
+  case CXX_NEW_ARRAY:
+    return ((void *(*)(size_t))fn)(size);
+  case CXX_NEW_NOTHROW:
+  case CXX_NEW_ARRAY_NOTHROW:
+    return ((void *(*)(size_t, const void *))fn)(size, tag);
+  case CXX_NEW_ALIGNED:
+  case CXX_NEW_ARRAY_ALIGNED:
+    return ((void *(*)(size_t, size_t))fn)(size, align);
+  default:
+    return ((void *(*)(size_t, size_t, const void *))fn)(size, align, tag);
+  }
+}
+
 static void *cxx_new(int which, size_t size, size_t align, const void *tag) {
   __attribute__((cleanup(cxx_end_cleanup))) bool recording = trace_begin();
   void *fn = g_real.cxx[which];
-  void *p;
+  void *p = NULL;
   if (fn == NULL) {
     p = align ? pass_aligned(align, size) : pass_malloc(size ? size : 1);
     bool nothrow = which == CXX_NEW_NOTHROW || which == CXX_NEW_ARRAY_NOTHROW ||
                    which == CXX_NEW_ALIGNED_NOTHROW || which == CXX_NEW_ARRAY_ALIGNED_NOTHROW;
-    if (p == NULL && !nothrow) cxx_out_of_memory(size);
-  } else {
-    switch (which) {
-    case CXX_NEW:
-    case CXX_NEW_ARRAY:
-      p = ((void *(*)(size_t))fn)(size);
-      break;
-    case CXX_NEW_NOTHROW:
-    case CXX_NEW_ARRAY_NOTHROW:
-      p = ((void *(*)(size_t, const void *))fn)(size, tag);
-      break;
-    case CXX_NEW_ALIGNED:
-    case CXX_NEW_ARRAY_ALIGNED:
-      p = ((void *(*)(size_t, size_t))fn)(size, align);
-      break;
-    default:
-      p = ((void *(*)(size_t, size_t, const void *))fn)(size, align, tag);
-      break;
-    }
+    /* A runtime loaded since the first call (dlopen with RTLD_GLOBAL) may
+     * be visible now: its operator new runs the new-handler and throws. */
+    if (p == NULL && !nothrow && (fn = resolve(cxx_names[which])) == NULL) cxx_out_of_memory(size);
   }
+  if (fn != NULL) p = call_new(which, fn, size, align, tag);
   if (recording && p)
     record_new(p, align ? BMM_TRACE_OP_ALIGNED : BMM_TRACE_OP_MALLOC, BMM_TRACE_API_NEW, size,
                ceil_log2(align));

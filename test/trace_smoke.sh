@@ -12,7 +12,13 @@
 #     trace, and on a large one (checking the heap after every operation)
 #     completes; an unknown --heap is refused;
 #   - "fork" mode: the child's own trace starts with the blocks it inherited
-#     and replays cleanly.
+#     and replays cleanly;
+#   - edge cases: a first allocation by memalign that the next allocator
+#     rounds up; exec (the new image writes NAME.2, the old file stays); a
+#     _Fork child (not recorded, the parent's trace whole); a constructor
+#     that changes directory (a relative name is from the start); signal
+#     handlers that fork or exit (no hang); equal times across two chunks
+#     replay in op rank order.
 # Prints "N passed, N failed" and exits non-zero on any failure.
 set -u
 
@@ -167,5 +173,75 @@ if [ -n "$child_trace" ]; then
 else
   fail "fork: no trace marked forked"
 fi
+
+# ---- edge cases ----------------------------------------------------------------
+# info FILE KEY: one field of bmm-replay --info.
+info() {
+  field "$("$replay" "$1" --info 2>&1)" "$2"
+}
+
+# The process's first allocation a memalign the next allocator rounds up.
+out=$(record memalign) && pass "memalign(24, 100) first: succeeds" ||
+  fail "memalign(24, 100) first: victim exited $?: $out"
+
+# exec keeps the pid: the image before it keeps its trace, the new one
+# writes NAME.2.
+record exec >/dev/null || fail "exec: victim exited $?"
+first=$(ls "$tmp"/exec/*.trace 2>/dev/null)
+if [ "$(wc -w <<<"$first")" -eq 1 ] && [ -f "$first.2" ]; then
+  before=$(info "$first" ops)
+  if [ "${before:-0}" -gt 16 ] 2>/dev/null; then
+    pass "exec: the image before the exec kept its trace ($before operations)"
+  else
+    fail "exec: the image before the exec: '$before' operations"
+  fi
+  check "exec: the image after it, in NAME.2" "$(info "$first.2" ops)" 16
+  check "exec: same pid" "$(info "$first.2" pid)" "$(info "$first" pid)"
+else
+  fail "exec: expected NAME and NAME.2, got: $(ls "$tmp"/exec)"
+fi
+
+# A _Fork child (no fork handlers) is not recorded, and leaves the parent's
+# trace whole.
+out=$(record underfork) || fail "underfork: victim exited $?"
+files=$(ls "$tmp"/underfork/)
+if [ "$(wc -w <<<"$files")" -eq 1 ]; then
+  f=$tmp/underfork/$files
+  check "_Fork: the parent's operations only" "$(info "$f" ops)" "$(field "$out" ops)"
+  check "_Fork: no record skipped" "$(info "$f" skipped)" 0
+else
+  fail "_Fork: expected one trace, got: $files"
+fi
+
+# A constructor of the program changes directory before the first
+# allocation: a relative name is from where the program started.
+mkdir -p "$tmp/rel/sub"
+(cd "$tmp/rel" && VICTIM_CHDIR=sub BMM_TRACE_FILE=rel.trace timeout "$limit" \
+  env LD_PRELOAD="$lib" "$victim" small >/dev/null) || fail "chdir: victim exited $?"
+if [ -f "$tmp/rel/rel.trace" ] && [ ! -e "$tmp/rel/sub/rel.trace" ]; then
+  pass "a relative trace name is from the starting directory"
+else
+  fail "relative trace name: $(cd "$tmp/rel" && find . -name '*.trace')"
+fi
+
+# A signal handler that forks, or exits, while the program allocates: it
+# interrupts a call of the tracer's now and then, whose locks it must not
+# wait for. Ten runs each, none may hang.
+for mode in sigfork sigexit; do
+  hung=0
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    mkdir -p "$tmp/$mode"
+    BMM_TRACE_FILE="$tmp/$mode/%p.trace" timeout 10 env LD_PRELOAD="$lib" "$victim" "$mode"
+    [ $? -eq 124 ] && hung=$((hung + 1))
+  done
+  check "$mode: runs that hung" "$hung" 0
+done
+
+# Records of equal time in two threads' chunks, the free's chunk first in
+# the file: the allocation still comes first.
+"$victim" write-tie "$tmp/tie.trace" || fail "write-tie exited $?"
+out=$("$replay" "$tmp/tie.trace" 2>&1)
+check "equal times across chunks: final live bytes" "$(field "$out" final_live_bytes)" 0
+check "equal times across chunks: no record skipped" "$(info "$tmp/tie.trace" skipped)" 0
 
 finish

@@ -17,18 +17,31 @@
  * fork: work, then a child process frees half of the inherited live blocks
  * and allocates a few; it prints "child ops=N" and exits normally, so its
  * trace is written.
+ * memalign: the process's first allocation is memalign(24, 100).
+ * small: 16 calls; exec: 6,400 calls (some of them written before the
+ * exec, the rest lost with it), then exec of this program in "small" (the
+ * same pid). underfork: 16 calls, a _Fork child that makes 16 and
+ * exits, 16 more. sigfork, sigexit: allocate until a timer's signal
+ * handler forks (the child exits at once) and _exits, or calls exit.
+ * write-tie FILE: writes a crafted two-chunk trace (no recording).
+ * VICTIM_CHDIR=DIR: a constructor changes to DIR before main.
  *
  * Output goes through write(2): stdio would allocate a buffer.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "../src/trace_format.h" /* for the crafted trace only */
 
 enum { ROUNDS = 3000, QUEUE = 64, KEEP_MAX = 4096 };
 
@@ -237,11 +250,118 @@ static void child_after_fork(void) {
   exit(0); /* normally, so the tracer's destructor writes the child's trace */
 }
 
+/* Before the tracer's first call: a constructor that moves elsewhere
+ * (VICTIM_CHDIR). A relative trace name is from where the program started. */
+__attribute__((constructor)) static void maybe_chdir(void) {
+  const char *dir = getenv("VICTIM_CHDIR");
+  if (dir != NULL && chdir(dir) != 0) die("trace_victim: chdir failed\n");
+}
+
+/* A few calls that the tracer records, and the count of them. */
+static long small_work(void) {
+  void *keep[8];
+  for (int i = 0; i < 8; i++)
+    keep[i] = malloc(100 + (size_t)i);
+  for (int i = 0; i < 8; i++)
+    free(keep[i]);
+  return 16;
+}
+
+/* _Fork: a child that skips the fork handlers allocates and exits
+ * normally; the parent goes on. The parent's trace must stay whole. */
+pid_t _Fork(void);
+static int mode_underfork(void) {
+  long ops = small_work();
+  pid_t pid = _Fork();
+  if (pid < 0) die("trace_victim: _Fork failed\n");
+  if (pid == 0) {
+    small_work();
+    exit(0);
+  }
+  int status;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    die("trace_victim: _Fork child failed\n");
+  ops += small_work();
+  say("underfork", ops, 0, 0);
+  return 0;
+}
+
+/* A signal handler calls fork() or exit() while the program allocates, so
+ * that it interrupts one of the tracer's calls now and then. */
+static volatile sig_atomic_t signal_exit;
+static void on_alarm(int sig) {
+  (void)sig;
+  if (signal_exit) exit(0);
+  pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  waitpid(pid, NULL, 0);
+  _exit(0);
+}
+static int mode_signal(int do_exit) {
+  signal_exit = do_exit;
+  signal(SIGALRM, on_alarm);
+  struct itimerval it = {{0, 0}, {0, 20000 + (getpid() % 50) * 1000}};
+  setitimer(ITIMER_REAL, &it, NULL);
+  void *volatile held[64] = {0};
+  for (unsigned long i = 0;; i++) {
+    free(held[i % 64]);
+    held[i % 64] = malloc(16 + i % 256);
+  }
+}
+
+/* A trace written by hand: thread 1's chunk, then thread 0's, both at time
+ * 100: thread 1 frees the object thread 0 allocates. Equal times take the
+ * op rank's order (allocation first) whatever the file order. */
+static int mode_write_tie(const char *path) {
+  bmm_trace_header_t h = {0};
+  memcpy(h.magic, BMM_TRACE_MAGIC, sizeof h.magic);
+  h.version = BMM_TRACE_VERSION;
+  h.header_size = sizeof h;
+  h.record_size = sizeof(bmm_trace_record_t);
+  h.tick_ns = 1;
+  bmm_trace_record_t r[4] = {
+      {BMM_TRACE_OP_TIME, 0, 1, 0, 100, 0},
+      {BMM_TRACE_OP_FREE, 0, 1, 0, 7, bmm__trace_pack(1000, 0)},
+      {BMM_TRACE_OP_TIME, 0, 0, 0, 100, 0},
+      {BMM_TRACE_OP_MALLOC, 0, 0, 0, 7, bmm__trace_pack(1000, 0)},
+  };
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0 || write(fd, &h, sizeof h) != (ssize_t)sizeof h ||
+      write(fd, r, sizeof r) != (ssize_t)sizeof r)
+    die("trace_victim: cannot write the crafted trace\n");
+  close(fd);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "work";
+  /* The process's first allocation is a memalign the next allocator
+   * rounds up (glibc: alignment 24 to 32). */
+  if (strcmp(mode, "memalign") == 0) {
+    void *p = memalign(24, 100);
+    if (p == NULL) die("trace_victim: memalign(24, 100) failed\n");
+    free(p);
+    say("memalign", 2, 0, 0);
+    return 0;
+  }
+  if (strcmp(mode, "small") == 0) {
+    say("small", small_work(), 0, 0);
+    return 0;
+  }
+  if (strcmp(mode, "exec") == 0) { /* then the same pid runs "small" */
+    for (int i = 0; i < 400; i++)  /* 6,400 records: at least one buffer written */
+      small_work();
+    execl("/proc/self/exe", argv[0], "small", (char *)NULL);
+    die("trace_victim: exec failed\n");
+  }
+  if (strcmp(mode, "underfork") == 0) return mode_underfork();
+  if (strcmp(mode, "sigfork") == 0) return mode_signal(0);
+  if (strcmp(mode, "sigexit") == 0) return mode_signal(1);
+  if (strcmp(mode, "write-tie") == 0 && argc > 2) return mode_write_tie(argv[2]);
   int work = strcmp(mode, "idle") != 0;
   if (strcmp(mode, "work") && strcmp(mode, "idle") && strcmp(mode, "fork"))
-    die("usage: trace_victim [work|idle|fork]\n");
+    die("usage: trace_victim [work|idle|fork|memalign|small|exec|underfork|sigfork|sigexit]\n"
+        "       trace_victim write-tie FILE\n");
   tally_t ta = {0}, tb = {0};
   pthread_t a, b;
   if (work) {

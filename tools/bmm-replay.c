@@ -280,16 +280,22 @@ static void trace_load(trace_t *t, const char *path) {
   t->truncated_bytes = (file_size - h->header_size) % sizeof *rec;
   if (nrec >= UINT32_MAX) die("%s: too many records (%zu)", path, nrec);
 
-  /* Pass 1: count the operations and the runs of nondecreasing time. */
+  /* Pass 1: count the operations and the runs. A run is one thread's
+   * chunk (a TIME record starts each) or, within one, records of
+   * nondecreasing time: merged, records of equal time from different
+   * chunks take their op rank's order, whatever their order in the file. */
   size_t nops = 0, runs = 0;
   uint64_t clock = 0, prev = 0;
+  bool chunk_start = false;
   for (size_t i = 0; i < nrec; i++) {
     if (rec[i].op == BMM_TRACE_OP_TIME) {
       clock = rec[i].id;
+      chunk_start = true;
       continue;
     }
     clock += rec[i].delta;
-    if (nops == 0 || clock < prev) runs++;
+    if (nops == 0 || clock < prev || chunk_start) runs++;
+    chunk_start = false;
     prev = clock;
     nops++;
   }
@@ -303,16 +309,19 @@ static void trace_load(trace_t *t, const char *path) {
     merge_head_t *heap = table_alloc(runs * sizeof *heap);
     size_t k = 0, r = 0;
     clock = 0;
+    chunk_start = false;
     for (size_t i = 0; i < nrec; i++) {
       if (rec[i].op == BMM_TRACE_OP_TIME) {
         clock = rec[i].id;
+        chunk_start = true;
         continue;
       }
       clock += rec[i].delta;
-      if (k == 0 || clock < time[k - 1]) {
+      if (k == 0 || clock < time[k - 1] || chunk_start) {
         if (r) heap[r - 1].end = k;
         heap[r++].pos = k;
       }
+      chunk_start = false;
       pos[k] = (uint32_t)i;
       time[k++] = clock;
     }
