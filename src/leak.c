@@ -338,16 +338,28 @@ void bmm__leak_forget(void *p, bmm_page_t *page) {
   }
 }
 
-/* A large block moved without a free (realloc by remapping), or resized. */
-void bmm__leak_moved(void *from, void *to, size_t size) {
+/* A large block about to be resized in place or moved without a free
+ * (remapped): its record taken out, its site returned (UINT32_MAX: none).
+ * Taken before the resize, not moved after it: a move gives the old range
+ * back, and another thread may get a block there and record it at once.
+ * bmm__leak_put gives the record back, at the address the block has then. */
+uint32_t bmm__leak_take(void *p) {
+  uint32_t site = UINT32_MAX;
   bmm__spin_lock(&table_lock);
-  leak_block_t *b = blocks_find((uintptr_t)from);
+  leak_block_t *b = blocks_find((uintptr_t)p);
   if (b != NULL) {
-    uint32_t site = b->site;
+    site = b->site;
     b->ptr = LEAK_TOMB;
     table.live--;
-    blocks_insert((uintptr_t)to, size, site);
   }
+  bmm__spin_unlock(&table_lock);
+  return site;
+}
+
+void bmm__leak_put(void *p, size_t size, uint32_t site) {
+  if (site == UINT32_MAX) return;
+  bmm__spin_lock(&table_lock);
+  blocks_insert((uintptr_t)p, size, site);
   bmm__spin_unlock(&table_lock);
 }
 
