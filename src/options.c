@@ -58,6 +58,10 @@ long bmm__options[BMM_OPTION_COUNT] = {
     [BMM_OPTION_LEAK_SAMPLE] = 0,
 };
 
+static char lower(char c) {
+  return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c;
+}
+
 /* Index of the option named by the first `len` bytes of `name`, compared
  * without case (so BMM_ABORT_ON_ERROR names abort_on_error), or -1. */
 static int option_find(const char *name, size_t len) {
@@ -65,7 +69,7 @@ static int option_find(const char *name, size_t len) {
     const char *n = option_desc[i].name;
     if (strlen(n) != len) continue;
     size_t k = 0;
-    while (k < len && (name[k] | 0x20) == (n[k] | 0x20)) k++;
+    while (k < len && lower(name[k]) == n[k]) k++;
     if (k == len) return i;
   }
   return -1;
@@ -126,6 +130,12 @@ static void option_from_env_var(void *arg, const char *name, size_t name_len,
   option_apply(name, name_len, value, value + strlen(value));
 }
 
+/* [*from, *to) without the blanks at either end. */
+static void trim(const char **from, const char **to) {
+  while (*from < *to && (**from == ' ' || **from == '\t')) (*from)++;
+  while (*to > *from && ((*to)[-1] == ' ' || (*to)[-1] == '\t')) (*to)--;
+}
+
 void bmm__options_init(void) {
   static const char one[] = "1"; /* a bare name in BMM_OPTIONS means name=1 */
   const char *list = bmm__os_getenv("BMM_OPTIONS");
@@ -133,8 +143,12 @@ void bmm__options_init(void) {
     const char *end = strchr(list, ',');
     if (end == NULL) end = list + strlen(list);
     const char *eq = memchr(list, '=', (size_t)(end - list));
-    if (eq != NULL) option_apply(list, (size_t)(eq - list), eq + 1, end);
-    else if (end > list) option_apply(list, (size_t)(end - list), one, one + 1);
+    const char *name = list, *name_end = eq != NULL ? eq : end;
+    const char *value = eq != NULL ? eq + 1 : one, *value_end = eq != NULL ? end : one + 1;
+    trim(&name, &name_end); /* "a = 1, b=2" */
+    trim(&value, &value_end);
+    if (name_end > name || eq != NULL)
+      option_apply(name, (size_t)(name_end - name), value, value_end);
     list = *end ? end + 1 : end;
   }
   bmm__os_env_each("BMM_", option_from_env_var, NULL);
