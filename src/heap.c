@@ -51,8 +51,6 @@ static _Atomic(int64_t) sweep_last;
 static atomic_int list_holders;
 static atomic_bool fork_pending;
 
-static unsigned fork_deferred_odd; /* the deferred hook's count, held across fork */
-
 static bool lists_enter(void) {
   atomic_fetch_add(&list_holders, 1);
   if (!atomic_load(&fork_pending)) return true;
@@ -406,15 +404,15 @@ static bmm_page_t *heap_page_fresh(bmm_theap_t *heap, size_t qi) {
 /* The program's deferred-free hook (bmm_register_deferred_free). Its
  * function and argument change together under a sequence count, odd while
  * a registration writes them, so that no thread calls one hook with
- * another's argument (or with NULL, the argument of "none"). fork holds
- * the count odd across the call: no registration is half done in the
- * child. */
+ * another's argument (or with NULL, the argument of "none"). A reader
+ * never waits for a writer: it may be the very frame a signal handler
+ * interrupted, or (fork) a thread that does not exist in the child. */
 static _Atomic(bmm_deferred_free_fn *) deferred_fn;
 static _Atomic(void *) deferred_arg;
 static _Atomic(unsigned) deferred_seq;
 
-/* Make the count odd (ours to write), from an even value; returns it. */
-static unsigned deferred_write_begin(void) {
+BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
+  /* Writers wait for each other (a registration is a few stores). */
   unsigned s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
   while ((s & 1) || !atomic_compare_exchange_weak_explicit(&deferred_seq, &s, s + 1,
                                                            memory_order_relaxed,
@@ -422,33 +420,36 @@ static unsigned deferred_write_begin(void) {
     bmm__cpu_relax();
     s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
   }
-  /* A reader that sees a store of ours below sees the odd count too. */
+  /* A reader that sees a store below sees the odd count too. */
   atomic_thread_fence(memory_order_release);
-  return s + 1;
-}
-
-static void deferred_write_end(unsigned odd) {
-  atomic_store_explicit(&deferred_seq, odd + 1, memory_order_release);
-}
-
-BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
-  unsigned odd = deferred_write_begin();
   atomic_store_explicit(&deferred_fn, fn, memory_order_relaxed);
   atomic_store_explicit(&deferred_arg, arg, memory_order_relaxed);
-  deferred_write_end(odd);
+  atomic_store_explicit(&deferred_seq, s + 2, memory_order_release);
 }
 
-/* The hook and its argument as one registration left them. */
+/* The hook and its argument as one registration left them, or NULL while
+ * one is being written (the hook skips a beat then). */
 static bmm_deferred_free_fn *deferred_read(void **arg) {
-  for (;;) {
+  for (int tries = 0; tries < 4; tries++) {
     unsigned s = atomic_load_explicit(&deferred_seq, memory_order_acquire);
+    if (s & 1) return NULL;
     bmm_deferred_free_fn *fn = atomic_load_explicit(&deferred_fn, memory_order_relaxed);
     *arg = atomic_load_explicit(&deferred_arg, memory_order_relaxed);
     /* The loads above before the count's second load. */
     atomic_thread_fence(memory_order_acquire);
-    if (!(s & 1) && atomic_load_explicit(&deferred_seq, memory_order_relaxed) == s) return fn;
-    bmm__cpu_relax();
+    if (atomic_load_explicit(&deferred_seq, memory_order_relaxed) == s) return fn;
   }
+  return NULL;
+}
+
+/* fork child: a registration another thread was writing is gone with it
+ * (the count stays odd otherwise, and every later registration waits). */
+static void deferred_fork_child(void) {
+  unsigned s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
+  if (!(s & 1)) return;
+  atomic_store_explicit(&deferred_fn, NULL, memory_order_relaxed);
+  atomic_store_explicit(&deferred_arg, NULL, memory_order_relaxed);
+  atomic_store_explicit(&deferred_seq, s + 1, memory_order_release);
 }
 
 /* Per thread, not per heap struct: a thread's default heap and its views
@@ -758,11 +759,9 @@ static void heap_sweep_abandoned(bmm_theap_t *heap) {
 void bmm__heap_fork_prepare(void) {
   atomic_store(&fork_pending, true);
   while (atomic_load(&list_holders) != 0) bmm__os_yield();
-  fork_deferred_odd = deferred_write_begin();
 }
 
 void bmm__heap_fork_release(void) {
-  deferred_write_end(fork_deferred_odd);
   atomic_store(&fork_pending, false);
 }
 
@@ -806,6 +805,7 @@ void bmm__heap_thread_done(void *arg) {
  * are those of every heap with our id: the default heap and our views of
  * first-class heaps. */
 void bmm__heap_fork_child(void) {
+  deferred_fork_child();
   uintptr_t me = bmm__os_thread_id();
   for (bmm_theap_t *h = bmm__heap_all(); h != NULL; h = h->all_next) {
     if ((h->tid & ~BMM_TID_FLAGS) != me) continue;

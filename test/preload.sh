@@ -10,6 +10,8 @@
 #   - sort (also with two threads) of 200k random lines gives the same output;
 #   - cc, all of its processes preloaded, compiles a small C program that
 #     then runs (also preloaded) and prints the right result;
+#   - fork handlers registered before a dlopen of the library (so they run
+#     inside BrainMM's) may allocate through it (test/fork_dlopen.c);
 #   - ls -R /usr/include succeeds.
 # Prints "N passed, N failed" and exits non-zero on any failure.
 set -u
@@ -154,6 +156,25 @@ EOF
   fi
 else
   echo "skip: cc not found"
+fi
+
+# ---- fork handlers around BrainMM's own ------------------------------------
+# A program's fork handlers registered before it dlopens the library run
+# inside BrainMM's; one that allocates must not hang (it did while fork held
+# the deferred-free hook's registration count).
+if cc -std=c11 -O1 -pthread -o "$tmp/fork_dlopen" "$here/fork_dlopen.c" -ldl 2>"$tmp/fd.err"; then
+  for where in prepare parent child; do
+    out=$(timeout 20 env -u LD_PRELOAD "$tmp/fork_dlopen" "$lib" "$where" 2>&1)
+    rc=$?
+    if [ $rc -eq 0 ] && [ "$(grep -c 'handler done' <<<"$out")" -eq 1 ]; then
+      pass "a fork handler ($where) that allocates, registered before dlopen"
+    else
+      fail "fork handler ($where) registered before dlopen: exit $rc: $out"
+    fi
+  done
+else
+  cat "$tmp/fd.err" >&2
+  fail "could not compile fork_dlopen.c"
 fi
 
 # ---- ls -------------------------------------------------------------------

@@ -15,9 +15,11 @@
 #define _GNU_SOURCE
 #include <brainmm.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -120,6 +122,21 @@ static void *print_1280_row(void *arg) {
                                "\"in_use\": %lu",
                             &row_1280[0], &row_1280[1], &row_1280[2]) == 3);
   return NULL;
+}
+
+/* A signal handler that allocates (slow paths: they read the hook) and
+ * forks while the thread it interrupted may be inside a registration. */
+static volatile sig_atomic_t signals_handled;
+static void on_alarm(int sig) {
+  (void)sig;
+  static unsigned n;
+  for (int i = 0; i < 4; i++) bmm_free(bmm_malloc(2048 + (n++ % 40) * 1024));
+  if (signals_handled % 8 == 0) {
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    if (pid > 0) waitpid(pid, NULL, 0);
+  }
+  signals_handled++;
 }
 
 static void close_stderr(void) {
@@ -382,6 +399,26 @@ int main(int argc, char **argv) {
          atomic_load(&race_calls), atomic_load(&wrong_arg));
   CHECK(atomic_load(&race_calls) > 0);
   CHECK_EQ_SZ(atomic_load(&wrong_arg), 0);
+
+  /* Registrations interrupted by a signal handler that allocates and
+   * forks: neither may wait for the registration it interrupted (it hung).
+   * Not under TSan, whose runtime does not take fork in a handler well. */
+  if (!CHECK_TSAN) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval every = {{0, 500}, {0, 500}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, NULL);
+    time_t until_sig = time(NULL) + 20;
+    for (unsigned long i = 0; signals_handled < 400 && time(NULL) < until_sig; i++)
+      bmm_register_deferred_free(i & 1 ? race_hook_a : NULL, i & 1 ? &cookie_a : NULL);
+    setitimer(ITIMER_REAL, &off, NULL);
+    signal(SIGALRM, SIG_IGN);
+    bmm_register_deferred_free(NULL, NULL);
+    CHECK(signals_handled >= 400);
+  }
   bmm_free(big);
   printf("stats: hook called %llu times, heartbeat %llu\n", calls, last_beat);
   return check_done();
