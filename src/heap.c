@@ -279,15 +279,17 @@ static void heap_page_unfull(bmm_theap_t *heap, bmm_page_t *page) {
 
 /* An empty page stays in its heap when it is its class's first page, so
  * that an alloc/free cycle at a page boundary does not claim and release a
- * page every time, or its second: a class whose blocks in use hover around
- * a page's worth fills its first page and empties the other over and over
- * (`micro small`'s 1 KiB classes claimed, carved and released a page every
- * 3,000 operations; 8 blocks of 36-64 KiB to a medium page, a window of
- * 100 blocks of 2-64 KiB one every 130, and ran 1.35x faster, in less RSS,
- * with the second page kept). */
+ * page every time, or its second of one unit: a class whose blocks in use
+ * hover around a page's worth fills its first page and empties the other
+ * over and over (`micro small`'s 1 KiB classes claimed, carved and
+ * released a page every 3,000 operations). Not a second medium page: an
+ * idle thread would keep 512 KiB more per class (a pool of 8 threads that
+ * had used classes of 2-64 KiB kept 170 MB instead of 57), while such a
+ * class's churn costs a page claim per 130 operations at worst (a window
+ * of 100 blocks of 2-64 KiB), and ran 1.35x faster with it kept. */
 static inline bool page_stays_empty(bmm_theap_t *heap, const bmm_page_t *page) {
   const bmm_page_t *first = page_queue(heap, page)->first;
-  return first == page || first->next == page;
+  return first == page || (first->next == page && page->units == 1);
 }
 
 /* Called by the owner's free when a page was full or became empty. An empty

@@ -798,23 +798,25 @@ static void check_aligned(void) {
 
 /* ---- A class whose blocks in use hover around a page's worth ---------- */
 
-#define EDGE_SIZE 1536 /* a class no other part of the test uses: 42 a page */
-#define EDGE_MAX (3 * (BMM_UNIT_SIZE / EDGE_SIZE))
+#define EDGE_SMALL 1536   /* classes no other part of the test uses: */
+#define EDGE_MEDIUM 40960 /* 42 blocks to a one-unit page, 12 to a medium one */
+#define EDGE_MAX 160
 static void *edge_blocks[EDGE_MAX];
 
 /* Page A full, page B holding a few blocks, A orphaned (full). A gets a
  * block back and goes behind B; B fills, and the next block comes from A
  * (B orphaned, A full again). Then B's blocks are all freed: B comes back
- * behind A and empties there, the class's second page. It stays
- * (page_stays_empty): the next block comes from B, rather than from a page
- * claimed and carved anew, as while an emptied second page went back to
- * the arena (`micro small`: a page every 3,000 operations). */
-static void check_page_edge(void) {
+ * behind A and empties there, the class's second page. A one-unit page
+ * stays (page_stays_empty): the next block comes from B, rather than from
+ * a page claimed and carved anew, as while an emptied second page went
+ * back to the arena (`micro small`: a page every 3,000 operations). A
+ * medium page goes back: an idle thread would keep 512 KiB a class. */
+static void check_page_edge(size_t size) {
   bmm_theap_t *heap = bmm__heap_tls;
   size_t n = 0;
   bmm_page_t *a = NULL, *b = NULL;
   while (n < EDGE_MAX) { /* fill A, and the first few blocks of B */
-    void *p = bmm_malloc(EDGE_SIZE);
+    void *p = bmm_malloc(size);
     if (!CHECK(p != NULL)) return;
     edge_blocks[n++] = p;
     bmm_page_t *page = bmm__page_of(p);
@@ -823,11 +825,12 @@ static void check_page_edge(void) {
     if (b != NULL && page == b && b->used == 4) break;
   }
   if (!CHECK(a != NULL && b != NULL && a != b)) return;
+  bool kept = b->units == 1;
   size_t first_b = n - 4; /* edge_blocks[first_b..n) are B's */
   bmm_free(edge_blocks[0]); /* A has room again, behind B */
   void *from_a = NULL;
   while (from_a == NULL && n < EDGE_MAX) { /* B's blocks until B is full, then A's */
-    void *p = bmm_malloc(EDGE_SIZE);
+    void *p = bmm_malloc(size);
     if (!CHECK(p != NULL)) return;
     if (bmm__page_of(p) == b) edge_blocks[n++] = p;
     else from_a = p;
@@ -837,12 +840,18 @@ static void check_page_edge(void) {
   CHECK_EQ_SZ(b->used, b->reserved);
   for (size_t i = first_b; i < n; i++) bmm_free(edge_blocks[i]); /* B empties */
   n = first_b;
-  CHECK(heap->queues[b->class_idx].first == a);
-  CHECK_EQ_LONG(atomic_load(&b->kind), BMM_PAGE_SMALL);
-  CHECK(atomic_load(&b->heap) == heap && b->used == 0);
+  CHECK(heap->queues[a->class_idx].first == a);
+  if (kept) {
+    CHECK_EQ_LONG(atomic_load(&b->kind), BMM_PAGE_SMALL);
+    CHECK(atomic_load(&b->heap) == heap && b->used == 0);
+  } else {
+    CHECK_EQ_LONG(atomic_load(&b->kind), BMM_PAGE_FREE);
+    CHECK(a->next == NULL);
+  }
   HEAP_OK();
-  void *q = bmm_malloc(EDGE_SIZE); /* A is full: from B */
-  CHECK(q != NULL && bmm__page_of(q) == b);
+  void *q = bmm_malloc(size); /* A is full: from B, or a new page */
+  CHECK(q != NULL && bmm__page_of(q) != a);
+  if (kept) CHECK(bmm__page_of(q) == b);
   bmm_free(q);
   for (size_t i = 0; i < n; i++) bmm_free(edge_blocks[i]);
   HEAP_OK();
@@ -876,7 +885,9 @@ int main(void) {
   HEAP_OK();
   check_slack();
   HEAP_OK();
-  check_page_edge();
+  check_page_edge(EDGE_SMALL);
+  HEAP_OK();
+  check_page_edge(EDGE_MEDIUM);
   HEAP_OK();
   check_aligned();
   return check_done();
