@@ -31,9 +31,10 @@
  * started in. The file is created at the first flush, so a process that
  * makes no allocation writes none. A program that execs gets a new trace
  * (the new image loads the tracer again): the image before the exec has
- * the same pid, and its file is kept, the new one named NAME.2 (.3 after
- * a second exec, ...); a file of that name that another process wrote is
- * overwritten, so give a name with %p to keep one per process. A child
+ * the same pid and start time, and its file is kept, the new one named
+ * NAME.2 (.3 after a second exec, ...); a file of that name that another
+ * process wrote is overwritten, so give a name with %p to keep one per
+ * process. A child
  * after fork() writes its own file, starting with INHERIT records for the
  * blocks it inherited; if the name has no %p, ".PID" is appended. A child
  * of _Fork (which skips the fork handlers), or of a fork() made by a signal
@@ -533,14 +534,37 @@ static int file_raise_fd(int fd) {
   return high;
 }
 
+/* When this process started, in clock ticks since boot (field 22 of
+ * /proc/self/stat, after the command name, which may hold anything but
+ * ends at the last ')'); 0 if unknown. The same across an exec. */
+static uint64_t process_start_ticks(void) {
+  char buf[1024];
+  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  for (int field = 2; p != NULL && field < 22; field++) /* p at the end of field `field` */
+    p = strchr(p + 1, ' ');
+  uint64_t ticks = 0;
+  for (p = p ? p + 1 : NULL; p != NULL && *p >= '0' && *p <= '9'; p++)
+    ticks = ticks * 10 + (uint64_t)(*p - '0');
+  return ticks;
+}
+
 /* Whether the file at `path` is a trace written by this very process: an
- * image of it before an exec (which keeps the pid). */
+ * image of it before an exec (which keeps the pid and the start time;
+ * another process with our pid, as each container's pid 1, started at
+ * another time, unless within the same clock tick of 10 ms). */
 static bool file_is_own_trace(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   bmm_trace_header_t h;
   bool own = read(fd, &h, sizeof h) == (ssize_t)sizeof h &&
-             memcmp(h.magic, BMM_TRACE_MAGIC, sizeof h.magic) == 0 && h.pid == (uint32_t)getpid();
+             memcmp(h.magic, BMM_TRACE_MAGIC, sizeof h.magic) == 0 && h.pid == (uint32_t)getpid() &&
+             h.proc_start != 0 && h.proc_start == process_start_ticks();
   close(fd);
   return own;
 }
@@ -600,6 +624,7 @@ static bool file_ensure_locked(void) {
   }
   g_header.pid = (uint32_t)getpid();
   g_header.ppid = (uint32_t)getppid();
+  g_header.proc_start = process_start_ticks();
   g_header.flags = g_forked ? BMM_TRACE_FLAG_FORKED : 0;
   return file_write_all_locked(&g_header, sizeof g_header);
 }

@@ -54,7 +54,11 @@ typedef struct bmm_trace_header_s {
   uint64_t clock_res_ns;  /* resolution of the clock behind them (clock_getres) */
   uint64_t wall_start_ns; /* CLOCK_REALTIME when time 0 was taken, for humans */
   char comm[16];          /* the program's name (PR_GET_NAME), NUL padded */
-  uint8_t reserved[56];   /* zero */
+  /* When the process started (field 22 of /proc/PID/stat: clock ticks
+   * since boot), 0 if unknown: with pid, it tells the process apart from
+   * another that got its pid (a pid namespace's 1). */
+  uint64_t proc_start;
+  uint8_t reserved[48]; /* zero */
 } bmm_trace_header_t;
 
 /* Operations. The rank (bmm__trace_op_rank) orders records with equal time. */
