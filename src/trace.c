@@ -594,6 +594,7 @@ static bool file_ensure_locked(void) {
     /* A child made without the fork handlers (_Fork): it shares the
      * parent's descriptor and object ids, and its buffers hold the
      * parent's records. It is not recorded; the parent's file stays whole. */
+    if (g_fd >= 0) close(g_fd); /* the child's copy */
     g_fd = -1;
     g_file_broken = true;
     atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
@@ -761,6 +762,7 @@ static void fork_child(void) {
   if (g_fork_nested) {
     /* The interrupted call goes on in the child when the handler returns:
      * a write of the parent's records it was making fails here. */
+    if (g_fd >= 0) close(g_fd); /* the child's copy */
     g_fd = -1;
     g_file_broken = true;
     atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
