@@ -27,7 +27,7 @@ static uint32_t odd_inverse(uint32_t m) {
   return x;
 }
 
-/* reserved, installed and live_acct count a page's blocks in 16 bits. */
+/* used, reserved, installed and live_acct count a page's blocks in 16 bits. */
 _Static_assert(BMM_UNIT_SIZE / BMM_ALIGN <= UINT16_MAX &&
                    BMM_MEDIUM_PAGE_UNITS * BMM_UNIT_SIZE / BMM_SMALL_PAGE_MAX <= UINT16_MAX,
                "a page holds at most 65535 blocks");
