@@ -169,16 +169,16 @@ static void *resize_block(void *p, size_t size, bmm_resize_t mode, const char *c
    * growing in place may move: such a block is moved by copying. */
   if (page != NULL && usable > BMM_MEDIUM_MAX &&
       atomic_load_explicit(&page->heap, memory_order_relaxed) == NULL) {
-    uint32_t site = bmm_unlikely(bmm__leak) ? bmm__leak_take(p) : UINT32_MAX;
+    if (bmm_unlikely(bmm__leak)) bmm__leak_moving(p);
     void *q = bmm__large_realloc(p, page, size, mode);
     if (q != NULL) {
       size_t now = bmm_usable_size(q);
       bmm__stats_large_resized(usable, now);
-      bmm__leak_put(q, now, site);
+      if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, q, now);
       bmm__track_resized(p, usable, q, now);
       return q;
     }
-    bmm__leak_put(p, usable, site); /* p stays as it was */
+    if (bmm_unlikely(bmm__leak)) bmm__leak_moved(p, p, usable); /* p stays as it was */
   }
   /* Keep the block when the new size fits and does not waste more than
    * half of it (expand keeps it whenever it fits). */

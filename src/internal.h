@@ -330,8 +330,8 @@ void bmm__leak_resume(bmm_theap_t *heap, bool record);
 void bmm__leak_count_page(bmm_theap_t *heap, bmm_page_t *page);
 void bmm__leak_record(void *p, size_t size, bmm_page_t *page);
 void bmm__leak_forget(void *p, bmm_page_t *page);
-uint32_t bmm__leak_take(void *p);
-void bmm__leak_put(void *p, size_t size, uint32_t site);
+void bmm__leak_moving(void *p);
+void bmm__leak_moved(void *from, void *to, size_t size);
 
 /* The tid a page of `heap` carries: the heap's, with in_full in bit 0 and
  * BMM_TID_SLOW while it holds a block that leak_sample recorded. */

@@ -338,28 +338,34 @@ void bmm__leak_forget(void *p, bmm_page_t *page) {
   }
 }
 
-/* A large block about to be resized in place or moved without a free
- * (remapped): its record taken out, its site returned (UINT32_MAX: none).
- * Taken before the resize, not moved after it: a move gives the old range
- * back, and another thread may get a block there and record it at once.
- * bmm__leak_put gives the record back, at the address the block has then. */
-uint32_t bmm__leak_take(void *p) {
-  uint32_t site = UINT32_MAX;
+/* A large block p about to be resized (in place, or moved without a
+ * free): its record is filed under p | 1 meanwhile, an address no block
+ * has. A move gives the old range back before the call returns, and
+ * another thread may get a block at p and record it, and free it, at
+ * once: that thread's record and this one stay apart, and a report made
+ * meanwhile still counts this one. bmm__leak_moved files it under the
+ * block's address after the resize (p again when the resize failed). */
+void bmm__leak_moving(void *p) {
   bmm__spin_lock(&table_lock);
   leak_block_t *b = blocks_find((uintptr_t)p);
   if (b != NULL) {
-    site = b->site;
+    leak_block_t rec = *b;
     b->ptr = LEAK_TOMB;
     table.live--;
+    blocks_insert((uintptr_t)p | 1, rec.size, rec.site);
   }
   bmm__spin_unlock(&table_lock);
-  return site;
 }
 
-void bmm__leak_put(void *p, size_t size, uint32_t site) {
-  if (site == UINT32_MAX) return;
+void bmm__leak_moved(void *from, void *to, size_t size) {
   bmm__spin_lock(&table_lock);
-  blocks_insert((uintptr_t)p, size, site);
+  leak_block_t *b = blocks_find((uintptr_t)from | 1);
+  if (b != NULL) {
+    uint32_t site = b->site;
+    b->ptr = LEAK_TOMB;
+    table.live--;
+    blocks_insert((uintptr_t)to, size, site);
+  }
   bmm__spin_unlock(&table_lock);
 }
 

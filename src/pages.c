@@ -57,16 +57,15 @@ static void *pages_resize(void *p, size_t count, bmm_resize_t mode, const char *
                      ? bmm__span_usable(p, page)
                      : page->block_size;
   bmm__arena_restore_rights(p, bytes);
-  uint32_t site = bmm_unlikely(bmm__leak) ? bmm__leak_take(p) : UINT32_MAX;
+  if (bmm_unlikely(bmm__leak)) bmm__leak_moving(p);
   void *q = bmm__pages_resize(p, page, count, mode);
   if (q != NULL) { /* the same block, resized (as realloc's large path) */
     size_t now = bmm_usable_size(q);
     bmm__stats_large_resized(bytes, now);
-    bmm__leak_put(q, now, site);
     bmm__track_resized(p, bytes, q, now);
-  } else {
-    bmm__leak_put(p, bytes, site);
   }
+  if (bmm_unlikely(bmm__leak))
+    bmm__leak_moved(p, q != NULL ? q : p, q != NULL ? bmm_usable_size(q) : bytes);
   return q;
 }
 
