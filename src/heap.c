@@ -413,20 +413,36 @@ static _Atomic(bmm_deferred_free_fn *) deferred_fn;
 static _Atomic(void *) deferred_arg;
 static _Atomic(unsigned) deferred_seq;
 
+/* The odd count this thread's registration holds (0: none). Set before
+ * the count is taken, so that a signal handler that interrupts the
+ * registration and registers too knows the odd count is its own thread's. */
+static __thread unsigned deferred_mine;
+
 BMM_API void bmm_register_deferred_free(bmm_deferred_free_fn *fn, void *arg) {
   /* Writers wait for each other (a registration is a few stores). */
   unsigned s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
-  while ((s & 1) || !atomic_compare_exchange_weak_explicit(&deferred_seq, &s, s + 1,
-                                                           memory_order_relaxed,
-                                                           memory_order_relaxed)) {
-    bmm__cpu_relax();
-    s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
+  for (;;) {
+    if (s & 1) {
+      /* A handler inside this thread's own registration: that one
+       * completes when the handler returns, and decides (as if this call
+       * came just before it). Waiting would never end. */
+      if (s == deferred_mine) return;
+      bmm__cpu_relax();
+      s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
+      continue;
+    }
+    deferred_mine = s + 1;
+    if (atomic_compare_exchange_weak_explicit(&deferred_seq, &s, s + 1, memory_order_relaxed,
+                                              memory_order_relaxed))
+      break;
+    deferred_mine = 0;
   }
   /* A reader that sees a store below sees the odd count too. */
   atomic_thread_fence(memory_order_release);
   atomic_store_explicit(&deferred_fn, fn, memory_order_relaxed);
   atomic_store_explicit(&deferred_arg, arg, memory_order_relaxed);
   atomic_store_explicit(&deferred_seq, s + 2, memory_order_release);
+  deferred_mine = 0;
 }
 
 /* The hook and its argument as one registration left them, or NULL while
@@ -445,10 +461,12 @@ static bmm_deferred_free_fn *deferred_read(void **arg) {
 }
 
 /* fork child: a registration another thread was writing is gone with it
- * (the count stays odd otherwise, and every later registration waits). */
+ * (the count stays odd otherwise, and every later registration waits).
+ * One this thread was writing (fork from a signal handler) completes when
+ * the handler returns. */
 static void deferred_fork_child(void) {
   unsigned s = atomic_load_explicit(&deferred_seq, memory_order_relaxed);
-  if (!(s & 1)) return;
+  if (!(s & 1) || s == deferred_mine) return;
   atomic_store_explicit(&deferred_fn, NULL, memory_order_relaxed);
   atomic_store_explicit(&deferred_arg, NULL, memory_order_relaxed);
   atomic_store_explicit(&deferred_seq, s + 1, memory_order_release);

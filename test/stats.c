@@ -124,13 +124,16 @@ static void *print_1280_row(void *arg) {
   return NULL;
 }
 
-/* A signal handler that allocates (slow paths: they read the hook) and
- * forks while the thread it interrupted may be inside a registration. */
+/* A signal handler that allocates (slow paths: they read the hook),
+ * registers and forks while the thread it interrupted may be inside a
+ * registration. */
 static volatile sig_atomic_t signals_handled;
 static void on_alarm(int sig) {
   (void)sig;
   static unsigned n;
   for (int i = 0; i < 4; i++) bmm_free(bmm_malloc(2048 + (n++ % 40) * 1024));
+  /* A registration inside the one interrupted: that one decides. */
+  if (signals_handled % 4 == 1) bmm_register_deferred_free(race_hook_b, &cookie_b);
   if (signals_handled % 8 == 0) {
     pid_t pid = fork();
     if (pid == 0) _exit(0);
