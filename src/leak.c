@@ -338,6 +338,20 @@ void bmm__leak_forget(void *p, bmm_page_t *page) {
   }
 }
 
+/* Move the record filed under `from` to `to`, with `size` bytes (0: as
+ * it was). */
+static void rekey(uintptr_t from, uintptr_t to, size_t size) {
+  bmm__spin_lock(&table_lock);
+  leak_block_t *b = blocks_find(from);
+  if (b != NULL) {
+    leak_block_t rec = *b;
+    b->ptr = LEAK_TOMB;
+    table.live--;
+    blocks_insert(to, size != 0 ? size : rec.size, rec.site);
+  }
+  bmm__spin_unlock(&table_lock);
+}
+
 /* A large block p about to be resized (in place, or moved without a
  * free): its record is filed under p | 1 meanwhile, an address no block
  * has. A move gives the old range back before the call returns, and
@@ -346,27 +360,11 @@ void bmm__leak_forget(void *p, bmm_page_t *page) {
  * meanwhile still counts this one. bmm__leak_moved files it under the
  * block's address after the resize (p again when the resize failed). */
 void bmm__leak_moving(void *p) {
-  bmm__spin_lock(&table_lock);
-  leak_block_t *b = blocks_find((uintptr_t)p);
-  if (b != NULL) {
-    leak_block_t rec = *b;
-    b->ptr = LEAK_TOMB;
-    table.live--;
-    blocks_insert((uintptr_t)p | 1, rec.size, rec.site);
-  }
-  bmm__spin_unlock(&table_lock);
+  rekey((uintptr_t)p, (uintptr_t)p | 1, 0);
 }
 
 void bmm__leak_moved(void *from, void *to, size_t size) {
-  bmm__spin_lock(&table_lock);
-  leak_block_t *b = blocks_find((uintptr_t)from | 1);
-  if (b != NULL) {
-    uint32_t site = b->site;
-    b->ptr = LEAK_TOMB;
-    table.live--;
-    blocks_insert((uintptr_t)to, size, site);
-  }
-  bmm__spin_unlock(&table_lock);
+  rekey((uintptr_t)from | 1, (uintptr_t)to, size);
 }
 
 /* ---- The report ---------------------------------------------------------- */

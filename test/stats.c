@@ -100,24 +100,14 @@ static void *race_worker(void *arg) {
   return NULL;
 }
 
-/* The JSON row of the 1280-byte class, printed by a thread of its own. */
+/* The JSON row of the 1280-byte class, printed by a thread of its own
+ * (into `text`: main waits for it meanwhile). */
 static unsigned long row_1280[3];
-static char thread_text[1 << 16];
-static size_t thread_text_len;
-static void collect_thread(const char *chunk, void *arg) {
-  (void)arg;
-  size_t n = strlen(chunk);
-  if (thread_text_len + n < sizeof thread_text) {
-    memcpy(thread_text + thread_text_len, chunk, n);
-    thread_text_len += n;
-    thread_text[thread_text_len] = 0;
-  }
-}
 static void *print_1280_row(void *arg) {
   (void)arg;
-  thread_text_len = 0;
-  bmm_stats_print(collect_thread, NULL);
-  const char *r = strstr(thread_text, "{\"block_size\": 1280, ");
+  text_len = 0;
+  bmm_stats_print(collect, text);
+  const char *r = strstr(text, "{\"block_size\": 1280, ");
   CHECK(r != NULL && sscanf(r, "{\"block_size\": 1280, \"allocated\": %lu, \"freed\": %lu, "
                                "\"in_use\": %lu",
                             &row_1280[0], &row_1280[1], &row_1280[2]) == 3);
