@@ -34,12 +34,12 @@
  * the same pid and start time, and its file is kept, the new one named
  * NAME.2 (.3 after a second exec, ...); a file of that name that another
  * process wrote is overwritten, so give a name with %p to keep one per
- * process. A child
- * after fork() writes its own file, starting with INHERIT records for the
- * blocks it inherited; if the name has no %p, ".PID" is appended. A child
- * of _Fork (which skips the fork handlers), or of a fork() made by a signal
- * handler that interrupted one of our calls, is not recorded. Records
- * still in buffers when a process ends by exec, _exit or a crash are lost.
+ * process. A child after fork() writes its own file, starting with INHERIT
+ * records for the blocks it inherited; if the name has no %p, ".PID" is
+ * appended. A child of _Fork (which skips the fork handlers), or of a
+ * fork() made by a signal handler that interrupted one of our calls, is
+ * not recorded. Records still in buffers when a process ends by exec,
+ * _exit or a crash are lost.
  *
  * Ordering. Records carry CLOCK_MONOTONIC time and the replayer merges the
  * threads' records by time, so an object's allocation must never carry a
@@ -554,6 +554,15 @@ static uint64_t process_start_ticks(void) {
   return ticks;
 }
 
+/* A fork child that cannot be recorded: it stops, silently, and leaves
+ * the parent's file alone (its copy of the descriptor closed). */
+static void child_not_recorded(void) {
+  if (g_fd >= 0) close(g_fd);
+  g_fd = -1;
+  g_file_broken = true;
+  atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
+}
+
 /* Whether the file at `path` is a trace written by this very process: an
  * image of it before an exec (which keeps the pid and the start time;
  * another process with our pid, as each container's pid 1, started at
@@ -594,10 +603,7 @@ static bool file_ensure_locked(void) {
     /* A child made without the fork handlers (_Fork): it shares the
      * parent's descriptor and object ids, and its buffers hold the
      * parent's records. It is not recorded; the parent's file stays whole. */
-    if (g_fd >= 0) close(g_fd); /* the child's copy */
-    g_fd = -1;
-    g_file_broken = true;
-    atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
+    child_not_recorded();
     return false;
   }
   if (g_fd >= 0) {
@@ -762,10 +768,7 @@ static void fork_child(void) {
   if (g_fork_nested) {
     /* The interrupted call goes on in the child when the handler returns:
      * a write of the parent's records it was making fails here. */
-    if (g_fd >= 0) close(g_fd); /* the child's copy */
-    g_fd = -1;
-    g_file_broken = true;
-    atomic_store_explicit(&g_state, ST_OFF, memory_order_release);
+    child_not_recorded();
     return;
   }
   if (!g_fork_locked) return;
