@@ -319,9 +319,14 @@ bool bmm__arena_claim_units(bmm_arena_t *arena, size_t first, size_t units) {
   return arena_commit_claimed(arena, first, units, false);
 }
 
+/* Whether the claim bit of `unit` is set. */
+static bool unit_claimed(bmm_arena_t *arena, size_t unit) {
+  return atomic_load_explicit(&arena->used[unit >> 6], memory_order_relaxed) >> (unit & 63) & 1;
+}
+
 bool bmm__arena_unit_is_free(bmm_arena_t *arena, size_t unit) {
   if (unit < BMM_ARENA_HEADER_UNITS || unit >= BMM_ARENA_UNITS) return false;
-  return !(atomic_load_explicit(&arena->used[unit >> 6], memory_order_relaxed) >> (unit & 63) & 1);
+  return !unit_claimed(arena, unit);
 }
 
 /* Claim and commit `units` units aligned to `align_units` from any arena,
@@ -1117,7 +1122,7 @@ static size_t page_check(bmm_arena_t *arena, size_t u, uint8_t kind) {
   if (bmm__page_start(page) != (uint8_t *)arena + u * BMM_UNIT_SIZE) return 0;
   for (size_t i = 0; i < units; i++) {
     if (page[i].first_delta != i * sizeof(bmm_page_t)) return 0;
-    if (!(atomic_load(&arena->used[(u + i) >> 6]) >> ((u + i) & 63) & 1)) return 0;
+    if (!unit_claimed(arena, u + i)) return 0;
   }
   return units;
 }
@@ -1132,7 +1137,7 @@ static size_t page_check(bmm_arena_t *arena, size_t u, uint8_t kind) {
 static bool arena_check(bmm_arena_t *arena) {
   if (arena->magic != BMM_ARENA_MAGIC) return false;
   for (size_t u = 0; u < BMM_ARENA_HEADER_UNITS; u++)
-    if (!(atomic_load(&arena->used[u >> 6]) >> (u & 63) & 1)) return false;
+    if (!unit_claimed(arena, u)) return false;
   for (size_t u = BMM_ARENA_HEADER_UNITS; u < BMM_ARENA_UNITS;) {
     size_t units = 0;
     for (int t = 0; t < BMM_CHECK_TRIES && units == 0; t++) {
